@@ -1,0 +1,105 @@
+//! `relay inbox`: read your mail.
+//!
+//! Default: fetch under a lease, print, then ack — a message is acked only after it was
+//! written out in full. `--no-ack` leaves it delivered (it comes back after the lease);
+//! `--peek` changes nothing.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Ctx, EXIT_OK, output, parse_duration};
+use crate::store::{DEFAULT_LEASE, Fetch, FetchMode, Filter, Message, Store};
+
+/// Arguments of `relay inbox`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Show pending mail without changing anything.
+    #[arg(long, conflicts_with = "no_ack")]
+    pub peek: bool,
+    /// At most this many messages, oldest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Mark the messages delivered but do not ack them; unacked messages are handed out
+    /// again when the lease ends.
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Lease for --no-ack, e.g. 60s.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub lease: Duration,
+    /// Only messages from this endpoint (name, id or prefix).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only messages in this thread.
+    #[arg(long)]
+    pub thread: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Doc {
+    pub messages: Vec<Message>,
+    /// Whether the listed messages were acked after printing.
+    pub acked: bool,
+}
+
+/// Builds the fetch request shared by `inbox` and `wait`.
+pub(crate) fn fetch_request(
+    store: &dyn Store,
+    limit: u32,
+    peek: bool,
+    lease: Duration,
+    from: Option<&str>,
+    thread: Option<String>,
+) -> anyhow::Result<Fetch> {
+    let from = match from {
+        Some(f) => Some(store.resolve(f)?.id),
+        None => None,
+    };
+    Ok(Fetch {
+        limit: limit as usize,
+        mode: if peek {
+            FetchMode::Peek
+        } else {
+            FetchMode::Deliver {
+                lease: if lease.is_zero() { DEFAULT_LEASE } else { lease },
+            }
+        },
+        filter: Filter { from, thread },
+    })
+}
+
+/// Prints fetched messages, then acks them (unless `ack` is false): ack follows output.
+pub(crate) fn print_then_ack(
+    ctx: &Ctx,
+    store: &dyn Store,
+    me: &str,
+    messages: Vec<Message>,
+    ack: bool,
+) -> anyhow::Result<()> {
+    let ack = ack && !messages.is_empty();
+    let doc = Doc {
+        messages,
+        acked: ack,
+    };
+    output::emit(ctx.json, &doc, || {
+        if doc.messages.is_empty() {
+            "no mail".into()
+        } else {
+            output::messages(&doc.messages)
+        }
+    });
+    if ack {
+        let ids: Vec<String> = doc.messages.iter().map(|m| m.id.clone()).collect();
+        store.ack(Some(me), &ids)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let store = ctx.store()?;
+    let me = ctx.me(&store)?;
+    let req = fetch_request(&store, a.limit, a.peek, a.lease, a.from.as_deref(), a.thread)?;
+    let messages = store.fetch(&me.id, &req)?;
+    print_then_ack(ctx, &store, &me.id, messages, !a.peek && !a.no_ack)?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,201 @@
+//! The `relay` command line: one file per subcommand, each with its `Args` and `run`.
+//!
+//! Every command takes `--json` and then prints exactly one JSON document on stdout
+//! (`"ok": true` plus the command's fields, or `"ok": false` with an `error` object).
+//! Human-readable errors always go to stderr. Exit codes (docs/cli.md, DESIGN.md §10):
+//! 0 ok, 1 runtime failure, 2 usage, 3 rejected (unknown/ambiguous target or message,
+//! not deliverable, too large), 4 timed out (`wait`).
+
+mod ack;
+mod bench;
+mod demo;
+mod gc;
+mod inbox;
+mod mcp;
+mod output;
+mod register;
+mod roster;
+mod send;
+mod status;
+mod wait;
+mod whoami;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Durability};
+use crate::identity::{self, Identity};
+use crate::store::{self, Endpoint, SqliteStore, Store};
+
+pub use output::{error_document, exit_code};
+
+pub use crate::errors::{EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE};
+
+const ABOUT: &str = "A local message bus for AI agent sessions and ordinary processes.";
+const LONG_ABOUT: &str = "\
+A local message bus for AI agent sessions (Claude Code, Codex, any MCP client) and \
+ordinary processes. Every participant is an endpoint with a name and a durable mailbox; \
+receipts tell the truth (queued → delivered → acked).
+
+Quick start:
+  relay register alice && relay register bob
+  relay send bob --as alice 'build is green'
+  relay inbox --as bob
+  relay status <message-id>
+
+Data lives in $RELAY_HOME (default ~/.local/state/relay). Use --json on any command for \
+one machine-readable JSON document on stdout. Exit codes: 0 ok, 1 failure, 2 usage, \
+3 rejected, 4 timed out.";
+
+/// The parsed command line.
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Print exactly one JSON document on stdout (fields in docs/cli.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Act as this endpoint (name, id or id prefix). Default: $RELAY_AS.
+    #[arg(long = "as", global = true, value_name = "ME")]
+    pub as_: Option<String>,
+    /// Commit durability: 'normal' (default; survives crashes) or 'full' (fsync every
+    /// commit; survives power loss). Default: $RELAY_DURABILITY.
+    #[arg(long, global = true, value_name = "normal|full")]
+    pub durability: Option<String>,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update an endpoint (a name with a mailbox).
+    Register(register::Args),
+    /// Show which endpoint you act as, and why.
+    Whoami(whoami::Args),
+    /// List every endpoint with its pending mail.
+    Roster(roster::Args),
+    /// Send a message to an endpoint.
+    Send(send::Args),
+    /// Read your mail (acked after it is printed, unless --peek or --no-ack).
+    Inbox(inbox::Args),
+    /// Acknowledge messages by id (or unique id prefix).
+    Ack(ack::Args),
+    /// Block until mail arrives, then print it.
+    Wait(wait::Args),
+    /// Show a message's receipt: queued, delivered or acked.
+    Status(status::Args),
+    /// Delete old acked and expired messages.
+    Gc(gc::Args),
+    /// Serve the relay tools over MCP on stdin/stdout (for Claude Code, Codex, ...).
+    Mcp(mcp::Args),
+    /// Run relay's main job on real processes and print what happened.
+    Demo(demo::Args),
+    /// Measure relay (results go to bench/results/).
+    Bench(bench::Args),
+    /// Internal: a demo child process.
+    #[command(hide = true, name = "demo-child")]
+    DemoChild(demo::ChildArgs),
+    /// Internal: a benchmark child process.
+    #[command(hide = true, name = "bench-child")]
+    BenchChild(bench::ChildArgs),
+}
+
+pub use crate::errors::UsageError;
+
+/// Shared state of one invocation.
+pub(crate) struct Ctx {
+    pub json: bool,
+    pub as_: Option<String>,
+    pub config: Config,
+}
+
+impl Ctx {
+    pub fn store(&self) -> anyhow::Result<SqliteStore> {
+        Ok(SqliteStore::open(&self.config)?)
+    }
+
+    /// The identity to act as, without resolving it.
+    pub fn identity(&self) -> Option<Identity> {
+        identity::choose(self.as_.as_deref())
+    }
+
+    /// Resolves "me", or fails with a usage error saying how to set it.
+    pub fn me(&self, store: &dyn Store) -> anyhow::Result<Endpoint> {
+        let id = self
+            .identity()
+            .ok_or_else(|| UsageError(identity::HOW_TO_SET.into()))?;
+        resolve_me(store, &id)
+    }
+}
+
+/// Resolves an identity; an unknown or ambiguous "me" is a usage error (exit 2).
+pub(crate) fn resolve_me(store: &dyn Store, id: &Identity) -> anyhow::Result<Endpoint> {
+    store.resolve(&id.query).map_err(|e| match e {
+        store::Error::UnknownEndpoint { .. } | store::Error::AmbiguousEndpoint { .. } => {
+            let from = match id.source {
+                identity::Source::Flag => "--as",
+                identity::Source::Env => "RELAY_AS",
+                identity::Source::Register => "identity",
+            };
+            UsageError(format!("{from}: {e}")).into()
+        }
+        other => other.into(),
+    })
+}
+
+/// Parses a duration: bare seconds (`30`) or humantime (`30s`, `5m`, `1h 30m`, `250ms`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"))
+}
+
+/// Runs a parsed command line; returns the exit status for a command that finished.
+///
+/// # Errors
+/// Any failure; [`exit_code`] maps it to a status.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let mut config = Config::from_env()?;
+    if let Some(d) = &cli.global.durability {
+        config.durability = d.parse::<Durability>()?;
+    }
+    let ctx = Ctx {
+        json: cli.global.json,
+        as_: cli.global.as_,
+        config,
+    };
+    match cli.command {
+        Command::Register(a) => register::run(&ctx, a),
+        Command::Whoami(a) => whoami::run(&ctx, a),
+        Command::Roster(a) => roster::run(&ctx, a),
+        Command::Send(a) => send::run(&ctx, a),
+        Command::Inbox(a) => inbox::run(&ctx, a),
+        Command::Ack(a) => ack::run(&ctx, a),
+        Command::Wait(a) => wait::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Gc(a) => gc::run(&ctx, a),
+        Command::Mcp(a) => mcp::run(&ctx, a),
+        Command::Demo(a) => demo::run(&ctx, a),
+        Command::Bench(a) => bench::run(&ctx, a),
+        Command::DemoChild(a) => demo::child(&ctx, a),
+        Command::BenchChild(a) => bench::child(&ctx, a),
+    }
+}
+
+pub(crate) use crate::errors::classify;

@@ -1,0 +1,79 @@
+//! Printing: one JSON document with `--json`, readable text otherwise. A closed stdout
+//! (broken pipe) ends the process quietly with status 0, as a pipeline expects.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::classify;
+
+/// Writes `text` and a newline to stdout.
+pub(crate) fn line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let res = writeln!(out, "{text}").and_then(|()| out.flush());
+    if let Err(e) = res {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::error!(error = %e, "cannot write to stdout");
+        std::process::exit(1);
+    }
+}
+
+/// Serializes `doc` (an object) with `"ok": true` added.
+pub(crate) fn ok_document(doc: &impl Serialize) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or_else(|e| json!({"serialize_error": e.to_string()}));
+    if let Value::Object(m) = &mut v {
+        m.insert("ok".into(), Value::Bool(true));
+    }
+    v
+}
+
+/// Prints the command's result: `doc` as JSON with `--json`, else `human()`.
+pub(crate) fn emit(json: bool, doc: &impl Serialize, human: impl FnOnce() -> String) {
+    if json {
+        line(&ok_document(doc).to_string());
+    } else {
+        let text = human();
+        if !text.is_empty() {
+            line(text.trim_end_matches('\n'));
+        }
+    }
+}
+
+/// The JSON document printed for a failed command with `--json`.
+pub fn error_document(err: &anyhow::Error) -> Value {
+    let (kind, code) = classify(err);
+    json!({"ok": false, "error": {"kind": kind, "message": format!("{err:#}"), "exit_code": code}})
+}
+
+/// The exit status for a failed command.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    classify(err).1
+}
+
+/// Formats ms since the epoch as UTC RFC 3339 with milliseconds.
+pub(crate) fn time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Renders messages for a person: a header line per message, then the body.
+pub(crate) fn messages(msgs: &[crate::store::Message]) -> String {
+    let mut s = String::new();
+    for m in msgs {
+        let from = m.from_name.as_deref().unwrap_or(&m.from);
+        s.push_str(&format!("── from {from} · {} · id {}", time(m.created_at), m.id));
+        if let Some(t) = &m.thread {
+            s.push_str(&format!(" · thread {t}"));
+        }
+        if m.intent == crate::store::Intent::Request {
+            s.push_str(" · request");
+        }
+        s.push('\n');
+        s.push_str(&m.text());
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,137 @@
+//! `relay send <to> [--] <text…> | --stdin`: send a message through the router.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Ctx, EXIT_OK, UsageError, output, parse_duration};
+use crate::config::MAX_BODY_LIMIT;
+use crate::route::{self, SendRequest, Sent};
+use crate::store::{Intent, Store, TEXT_PLAIN};
+
+/// Arguments of `relay send`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  relay send bob --as alice 'tests pass on main'
+  git diff | relay send reviewer --as alice --stdin --intent request
+  relay send alice --as bob --reply-to 0190f5a2 -- '-1 from me'
+  tail -n 50 build.log | relay send ops --stdin --lines
+
+The receipt says the route (mailbox) and the state reached (queued); follow it with
+`relay status <id>`. Nothing is stored when the target is unknown, ambiguous, or the
+body is over the cap (exit 3).")]
+pub struct Args {
+    /// Target: name, id, or unique id prefix (at least 4 characters).
+    pub to: String,
+    /// The message text (words are joined with spaces). Put `--` before text that starts
+    /// with '-'.
+    pub text: Vec<String>,
+    /// Read the body from stdin (UTF-8 text) instead of arguments.
+    #[arg(long, conflicts_with = "text")]
+    pub stdin: bool,
+    /// With --stdin: send each line as its own message.
+    #[arg(long, requires = "stdin")]
+    pub lines: bool,
+    /// notify (default) or request (the sender expects a reply).
+    #[arg(long, default_value = "notify")]
+    pub intent: Intent,
+    /// Conversation thread to file the message under.
+    #[arg(long)]
+    pub thread: Option<String>,
+    /// Id (or unique prefix) of the message this answers; its thread is kept.
+    #[arg(long, value_name = "ID")]
+    pub reply_to: Option<String>,
+    /// Drop the message if nobody read it within this long, e.g. 10m.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Batch {
+    sent: Vec<Sent>,
+    count: usize,
+}
+
+/// Reads stdin up to the hard cap + 1 byte, so an oversized body is measured, refused by
+/// the router, and never held in full.
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_BODY_LIMIT as u64 + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn utf8(bytes: Vec<u8>) -> anyhow::Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        UsageError(format!(
+            "stdin is not valid UTF-8 (bad byte at offset {}); relay carries text, so \
+             encode binary data first (e.g. base64) — nothing was sent",
+            e.utf8_error().valid_up_to()
+        ))
+        .into()
+    })
+}
+
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let bodies: Vec<String> = if a.stdin {
+        let text = utf8(read_stdin()?)?;
+        if a.lines {
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            vec![text]
+        }
+    } else if a.text.is_empty() {
+        return Err(UsageError(
+            "nothing to send: give the text after the target, or --stdin".into(),
+        )
+        .into());
+    } else {
+        vec![a.text.join(" ")]
+    };
+    let store = ctx.store()?;
+    let me = ctx.me(&store)?;
+    let mut sent = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        sent.push(route::send(
+            &store as &dyn Store,
+            SendRequest {
+                from: me.clone(),
+                to: a.to.clone(),
+                body: body.into_bytes(),
+                content_type: TEXT_PLAIN.into(),
+                intent: a.intent,
+                thread: a.thread.clone(),
+                reply_to: a.reply_to.clone(),
+                ttl: a.ttl,
+            },
+        )?);
+    }
+    let human = |s: &Sent| {
+        format!(
+            "{} {} for {} via {} (thread {})",
+            s.receipt.state,
+            s.receipt.id,
+            s.receipt.to_name.as_deref().unwrap_or(&s.receipt.to),
+            s.route.route_name(),
+            s.receipt.thread.as_deref().unwrap_or("-")
+        )
+    };
+    if a.lines {
+        let doc = Batch {
+            count: sent.len(),
+            sent,
+        };
+        output::emit(ctx.json, &doc, || {
+            doc.sent.iter().map(human).collect::<Vec<_>>().join("\n")
+        });
+    } else if let Some(s) = sent.first() {
+        output::emit(ctx.json, s, || human(s));
+    }
+    Ok(EXIT_OK)
+}

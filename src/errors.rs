@@ -1,0 +1,55 @@
+//! How failures are named for scripts and models: a stable kebab-case kind and an exit
+//! status (DESIGN.md §10). Shared by the CLI (`--json` error documents, exit codes) and the
+//! MCP server (tool errors).
+
+use crate::config::ConfigError;
+use crate::{route, store};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a runtime failure (I/O, database, internal).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: the command line or an argument was wrong.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: relay refused (unknown or ambiguous target or message, not deliverable,
+/// too large).
+pub const EXIT_REJECTED: u8 = 3;
+/// Exit status: `wait` timed out with no message.
+pub const EXIT_TIMEOUT: u8 = 4;
+
+/// An argument was wrong; the text says what would be right. Exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Maps an error to its kebab-case kind and exit status by the first typed cause found.
+pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
+    for cause in err.chain() {
+        if let Some(route::Error::Rejected { reason, .. }) = cause.downcast_ref::<route::Error>()
+        {
+            return (reason.as_str(), EXIT_REJECTED);
+        }
+        if let Some(e) = cause.downcast_ref::<store::Error>() {
+            use store::Error::*;
+            return match e {
+                UnknownEndpoint { .. } => ("unknown-target", EXIT_REJECTED),
+                AmbiguousEndpoint { .. } => ("ambiguous-target", EXIT_REJECTED),
+                UnknownMessage { .. } => ("unknown-message", EXIT_REJECTED),
+                AmbiguousMessage { .. } => ("ambiguous-message", EXIT_REJECTED),
+                TooLarge { .. } => ("too-large", EXIT_REJECTED),
+                InvalidName { .. } => ("invalid-name", EXIT_USAGE),
+                InvalidId { .. } => ("invalid-id", EXIT_USAGE),
+                NotADatabase { .. } => ("not-a-database", EXIT_FAILURE),
+                SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
+                Io { .. } => ("io", EXIT_FAILURE),
+                Sqlite(_) => ("database", EXIT_FAILURE),
+            };
+        }
+        if cause.downcast_ref::<UsageError>().is_some()
+            || cause.downcast_ref::<ConfigError>().is_some()
+        {
+            return ("usage", EXIT_USAGE);
+        }
+    }
+    ("failure", EXIT_FAILURE)
+}

@@ -1,0 +1,145 @@
+//! Carries a decision out: gather facts → [`decide`] → store (or, later, transport).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::decide::{Decision, Facts, Reason, Resolution, decide};
+use crate::clock::now_ms;
+use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store};
+
+/// Why a send did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The decider refused it; nothing was written anywhere.
+    #[error("{detail}")]
+    Rejected {
+        /// The stable reason.
+        reason: Reason,
+        /// What was wrong and what would be right.
+        detail: String,
+    },
+    /// The store failed, or an argument (such as `reply_to`) named nothing.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The sender (already resolved).
+    pub from: Endpoint,
+    /// Target: name, id, or unique id prefix (≥ 4 characters).
+    pub to: String,
+    /// The body; its cap is the store's [`Store::max_body`].
+    pub body: Vec<u8>,
+    /// MIME type of the body.
+    pub content_type: String,
+    /// Notify or request.
+    pub intent: Intent,
+    /// Thread; when `None` and `reply_to` is set, the replied-to message's thread (or its
+    /// id, starting a thread) is used.
+    pub thread: Option<String>,
+    /// Id or unique prefix of the message this answers.
+    pub reply_to: Option<String>,
+    /// Time to live; the message is not delivered after it and `gc` removes it.
+    pub ttl: Option<Duration>,
+}
+
+/// What a send did: the route it took and the receipt as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    /// The route taken.
+    #[serde(flatten)]
+    pub route: Decision,
+    /// The receipt; its `state` is the truth at the moment of return.
+    #[serde(flatten)]
+    pub receipt: Receipt,
+}
+
+/// Sends one message: resolve the target, decide, and carry it out.
+///
+/// # Errors
+/// [`Error::Rejected`] with `unknown-target`, `ambiguous-target`, `too-large` or
+/// `not-deliverable` — nothing is stored; [`Error::Store`] with
+/// [`store::Error::UnknownMessage`] when `reply_to` names no message, or backend errors.
+pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
+    let lookup = store.lookup(&req.to)?;
+    let (resolution, target) = match &lookup {
+        Lookup::Found(e) => (Resolution::Found, Some(e)),
+        Lookup::Unknown => (Resolution::Unknown, None),
+        Lookup::Ambiguous(_) => (Resolution::Ambiguous, None),
+    };
+    let facts = Facts {
+        resolution,
+        consumes_mailbox: target.is_some_and(|t| t.mailbox),
+        body_len: req.body.len(),
+        body_cap: store.max_body(),
+    };
+    let decision = decide(&facts, req.intent);
+    let target = match (decision, target) {
+        (Decision::Reject(reason), _) => {
+            return Err(Error::Rejected {
+                reason,
+                detail: reject_detail(reason, &req, &lookup, &facts),
+            });
+        }
+        (Decision::Mailbox, Some(t)) => t,
+        (Decision::Mailbox, None) => unreachable!("decide routes only found targets"),
+    };
+    let (reply_to, thread) = match &req.reply_to {
+        None => (None, req.thread.clone()),
+        Some(r) => {
+            let parent = store.receipt(r)?;
+            let thread = req
+                .thread
+                .clone()
+                .or(parent.thread)
+                .unwrap_or_else(|| parent.id.clone());
+            (Some(parent.id), Some(thread))
+        }
+    };
+    let receipt = store.enqueue(&NewMessage {
+        from: req.from.id.clone(),
+        to: target.id.clone(),
+        thread,
+        reply_to,
+        intent: req.intent,
+        content_type: req.content_type.clone(),
+        body: req.body,
+        expires_at: req
+            .ttl
+            .map(|t| now_ms().saturating_add(t.as_millis() as i64)),
+    })?;
+    Ok(Sent {
+        route: decision,
+        receipt,
+    })
+}
+
+fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Facts) -> String {
+    match (reason, lookup) {
+        (Reason::AmbiguousTarget, Lookup::Ambiguous(c)) => store::Error::AmbiguousEndpoint {
+            query: req.to.clone(),
+            candidates: c.iter().map(Endpoint::label).collect(),
+        }
+        .to_string(),
+        (Reason::UnknownTarget, _) | (Reason::AmbiguousTarget, _) => {
+            store::Error::UnknownEndpoint {
+                query: req.to.clone(),
+            }
+            .to_string()
+        }
+        (Reason::TooLarge, _) => store::Error::TooLarge {
+            size: facts.body_len,
+            cap: facts.body_cap,
+        }
+        .to_string(),
+        (Reason::NotDeliverable, Lookup::Found(t)) => format!(
+            "{} does not read a mailbox (registered with --no-mailbox) and is not live; \
+             nothing was sent",
+            t.display_name()
+        ),
+        (Reason::NotDeliverable, _) => format!("{} cannot receive mail", req.to),
+    }
+}

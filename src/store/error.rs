@@ -1,0 +1,91 @@
+use std::path::PathBuf;
+
+/// What went wrong in the store. Variants that describe bad input say what would be right.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database file exists but is not a SQLite database. It was not modified.
+    #[error(
+        "{path} is not a relay database (not a SQLite file); it was left untouched. Move it away or point RELAY_HOME elsewhere"
+    )]
+    NotADatabase {
+        /// The file that was refused.
+        path: PathBuf,
+    },
+    /// The database was written by a newer relay. It was not modified.
+    #[error(
+        "{path} has schema version {found}, but this relay understands up to version {supported}; upgrade relay (the database was left untouched)"
+    )]
+    SchemaTooNew {
+        /// The file that was refused.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// Highest version this binary migrates to ([`super::SCHEMA_VERSION`]).
+        supported: i64,
+    },
+    /// A file or directory operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What relay was doing.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// An endpoint name breaks the naming rule.
+    #[error("invalid name {name:?}: {rule}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// The rule it broke, stated so the user can fix it.
+        rule: String,
+    },
+    /// An endpoint id breaks the id rule.
+    #[error("invalid endpoint id {id:?}: {rule}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// The rule it broke.
+        rule: String,
+    },
+    /// No endpoint has this name, id or id prefix.
+    #[error("no endpoint is named or has an id starting with '{query}'; see `relay roster`, or `relay register {query}`")]
+    UnknownEndpoint {
+        /// What was looked up.
+        query: String,
+    },
+    /// An id prefix matches several endpoints.
+    #[error("'{query}' matches {} endpoints: {}; give more of the id, or the name", candidates.len(), candidates.join(", "))]
+    AmbiguousEndpoint {
+        /// What was looked up.
+        query: String,
+        /// `id (name)` of every match.
+        candidates: Vec<String>,
+    },
+    /// No message has this id or id prefix.
+    #[error("no message has an id starting with '{query}'")]
+    UnknownMessage {
+        /// What was looked up.
+        query: String,
+    },
+    /// A message id prefix matches several messages.
+    #[error("'{query}' matches {count} messages; give more of the id")]
+    AmbiguousMessage {
+        /// What was looked up.
+        query: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// A body is larger than the cap. Nothing was written.
+    #[error("body is {size} bytes, over the {cap}-byte cap (RELAY_MAX_BODY); send less, or stream it")]
+    TooLarge {
+        /// Body size in bytes.
+        size: usize,
+        /// The cap in bytes.
+        cap: usize,
+    },
+}

@@ -1,0 +1,132 @@
+//! The durable store: endpoints, messages, receipts, leases and waiting (DESIGN.md §4).
+//!
+//! [`Store`] is what a backend implements; [`SqliteStore`] is the default. Nothing above
+//! this module may assume SQLite: interfaces and the router only call the trait.
+//!
+//! Delivery is at-least-once. [`Store::fetch`] in [`FetchMode::Deliver`] hands out the
+//! oldest messages that are queued or whose lease expired and marks them `delivered` with a
+//! lease; [`Store::ack`] confirms them; [`FetchMode::Take`] is fetch + ack in one
+//! transaction; [`FetchMode::Peek`] changes nothing. Readers dedupe by message id.
+
+mod doorbell;
+mod error;
+pub mod names;
+mod schema;
+mod sqlite;
+mod types;
+
+use std::time::Duration;
+
+pub use error::Error;
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+/// Result alias for store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Default lease on a fetched message: 60 s. After it, an unacked message is handed out again.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// Longest a [`Store::wait`] may block: 300 s.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Shortest id prefix [`Store::lookup`] accepts: 4 characters.
+pub const MIN_PREFIX: usize = 4;
+
+/// A backend for endpoints and mail. Implementations must be safe to share between threads
+/// and between processes that open the same data.
+pub trait Store: Send + Sync {
+    /// The body cap this store enforces, in bytes (`RELAY_MAX_BODY`, default 256 KiB).
+    fn max_body(&self) -> usize;
+
+    /// Creates or updates an endpoint (field-preserving upsert: fields left `None` keep their
+    /// stored value; metadata keys merge). The endpoint is found by `reg.id`, else by
+    /// `reg.name`; when neither matches, a new endpoint is created (id: `reg.id` or a new
+    /// UUIDv7). A name held by another endpoint moves in the same transaction and the old
+    /// holder is reported in [`Registered::name_taken_from`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] / [`Error::InvalidId`] when a name or id breaks the rules of
+    /// [`names`]; backend errors.
+    fn register(&self, reg: &Registration) -> Result<Registered>;
+
+    /// Looks an endpoint up by exact name, exact id, or unique id prefix of at least
+    /// [`MIN_PREFIX`] characters, in that order. Unknown and ambiguous are answers, not
+    /// errors, so the router can decide on them.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    fn lookup(&self, query: &str) -> Result<Lookup>;
+
+    /// [`Store::lookup`] that turns unknown and ambiguous into errors.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEndpoint`], [`Error::AmbiguousEndpoint`] (listing candidates), backend errors.
+    fn resolve(&self, query: &str) -> Result<Endpoint> {
+        match self.lookup(query)? {
+            Lookup::Found(e) => Ok(e),
+            Lookup::Unknown => Err(Error::UnknownEndpoint {
+                query: query.to_string(),
+            }),
+            Lookup::Ambiguous(c) => Err(Error::AmbiguousEndpoint {
+                query: query.to_string(),
+                candidates: c.iter().map(Endpoint::label).collect(),
+            }),
+        }
+    }
+
+    /// Every endpoint with its pending-mail count, ordered by name then id.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn roster(&self) -> Result<Vec<RosterEntry>>;
+
+    /// Stores one message in one transaction and rings the recipient's doorbell.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] before any write when the body exceeds the cap;
+    /// [`Error::UnknownEndpoint`] when sender or recipient id is not registered (nothing is
+    /// stored); backend errors.
+    fn enqueue(&self, msg: &NewMessage) -> Result<Receipt> {
+        Ok(self.enqueue_batch(std::slice::from_ref(msg))?.remove(0))
+    }
+
+    /// Stores several messages in one transaction (all or none).
+    ///
+    /// # Errors
+    /// As [`Store::enqueue`], for any message of the batch.
+    fn enqueue_batch(&self, msgs: &[NewMessage]) -> Result<Vec<Receipt>>;
+
+    /// Hands out up to `req.limit` of the recipient's oldest pending messages that match
+    /// `req.filter`, per `req.mode`. Expired messages are never handed out.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>>;
+
+    /// Marks messages acked. With `recipient`, only that recipient's messages can be acked;
+    /// others are reported [`AckOutcome::NotYours`]. Ids may be unique prefixes.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>>;
+
+    /// The receipt of one message, by id or unique id prefix.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMessage`], [`Error::AmbiguousMessage`], backend errors.
+    fn receipt(&self, id: &str) -> Result<Receipt>;
+
+    /// Blocks until at least one message matching `req.filter` is pending for `recipient`,
+    /// then fetches per `req.mode`; returns an empty list when `timeout` (capped at
+    /// [`MAX_WAIT`]) passes first. Woken by a doorbell, not by polling the database.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>>;
+
+    /// Deletes acked messages acked more than `acked_before` ago, and expired messages.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn gc(&self, acked_before: Duration) -> Result<GcReport>;
+}

@@ -1,0 +1,125 @@
+//! Schema versions and forward migrations (DESIGN.md §4).
+//!
+//! The version lives in `PRAGMA user_version`. `MIGRATIONS[i]` takes a database from
+//! version `i` to `i + 1`; each runs in its own `BEGIN IMMEDIATE` transaction together with
+//! the version bump, so a crash leaves either the old or the new version, and two processes
+//! opening a fresh database at once migrate it exactly once. A database newer than
+//! [`SCHEMA_VERSION`] is refused and never rewritten.
+
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::Error;
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: endpoints and messages.
+    r#"
+    CREATE TABLE endpoints (
+        id          TEXT PRIMARY KEY,
+        name        TEXT UNIQUE,
+        kind        TEXT NOT NULL,
+        cwd         TEXT,
+        pid         INTEGER,
+        pid_start   INTEGER,
+        mailbox     INTEGER NOT NULL DEFAULT 1,
+        meta        TEXT NOT NULL DEFAULT '{}',
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT NOT NULL UNIQUE,
+        sender       TEXT NOT NULL,
+        sender_name  TEXT,
+        recipient    TEXT NOT NULL,
+        thread       TEXT,
+        reply_to     TEXT,
+        intent       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body         BLOB NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER,
+        state        TEXT NOT NULL DEFAULT 'queued',
+        delivered_at INTEGER,
+        acked_at     INTEGER,
+        lease_until  INTEGER,
+        deliveries   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX messages_pending ON messages (recipient, state, seq);
+    CREATE INDEX messages_acked ON messages (state, acked_at);
+    "#,
+];
+
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
+
+/// SQLite's 16-byte file header.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses an existing, non-empty file that does not start with SQLite's header. Reads
+/// only; the file is never opened for writing here.
+pub(crate) fn check_header(path: &Path) -> Result<(), Error> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                what: "cannot open",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut head = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|source| Error::Io {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if head.is_empty() || head.as_slice() == SQLITE_MAGIC {
+        Ok(())
+    } else {
+        Err(Error::NotADatabase {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Reads the schema version and refuses one newer than this binary.
+pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+/// Brings the database up to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    if check_version(conn, path)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let version = check_version(&tx, path)?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::debug!(from = version, to = version + 1, "migrated schema");
+    }
+}

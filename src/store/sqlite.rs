@@ -1,0 +1,610 @@
+//! The default [`Store`]: one SQLite file at `$RELAY_HOME/relay.db` (DESIGN.md §4).
+//!
+//! WAL journal, `busy_timeout` 5 s, `synchronous=NORMAL` (or `FULL` for durability
+//! `full`). Every write is one `BEGIN IMMEDIATE` transaction, so concurrent processes
+//! serialize on the write lock instead of failing on a read→write upgrade.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::doorbell::Doorbells;
+use super::*;
+use crate::clock::now_ms;
+use crate::config::{Config, Durability};
+
+/// How long a writer waits for another process's write lock: 5 s.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a waiter sleeps between looks at the database when no doorbell rings. The
+/// doorbell is the wake-up; this only bounds the damage of a lost ring.
+const BACKSTOP_POLL: Duration = Duration::from_secs(2);
+
+const ENDPOINT_COLS: &str =
+    "id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at";
+const MESSAGE_COLS: &str = "seq, id, sender, sender_name, recipient, thread, reply_to, intent, \
+     content_type, body, created_at, expires_at, state, deliveries";
+const RECEIPT_COLS: &str = "m.id, m.sender, m.recipient, e.name, m.thread, m.state, m.created_at, \
+     m.delivered_at, m.acked_at, m.deliveries, m.expires_at";
+
+/// SQLite-backed [`Store`]. Safe to share between threads (one connection behind a mutex,
+/// never held while waiting) and between processes (SQLite's locking).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    bells: Doorbells,
+    max_body: usize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("bells", &self.bells)
+            .field("max_body", &self.max_body)
+            .finish()
+    }
+}
+
+/// Creates a directory (and parents) with mode 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io {
+            what: "cannot create directory",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store under `config.home`: directory 0700, database
+    /// 0600, schema migrated forward.
+    ///
+    /// # Errors
+    /// [`Error::NotADatabase`] for a file that is not SQLite and [`Error::SchemaTooNew`] for
+    /// a newer schema — both leave the file untouched; [`Error::Io`] when the directory or
+    /// file cannot be created; [`Error::Sqlite`] otherwise.
+    pub fn open(config: &Config) -> Result<SqliteStore> {
+        create_private_dir(&config.home)?;
+        let path = config.db_path();
+        schema::check_header(&path)?;
+        Self::create_private_file(&path)?;
+        let mut conn = Connection::open(&path).map_err(|e| not_a_db(e, &path))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Version first: a newer database must be refused before anything could write.
+        schema::check_version(&conn, &path).map_err(|e| not_a_db_err(e, &path))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "could not switch the database to WAL");
+        }
+        let sync = match config.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        schema::migrate(&mut conn, &path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            bells: Doorbells::new(config.doorbell_dir())?,
+            max_body: config.max_body,
+        })
+    }
+
+    fn create_private_file(path: &PathBuf) -> Result<()> {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(Error::Io {
+                what: "cannot create",
+                path: path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back on drop), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoint_by(conn: &Connection, col: &str, value: &str) -> Result<Option<Endpoint>> {
+        let sql = format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE {col} = ?1");
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row([value], endpoint_row)
+            .optional()?)
+    }
+
+    /// Earliest lease expiry among the recipient's delivered, unacked messages matching the
+    /// filter: the moment a waiter must look again even if no doorbell rings.
+    fn next_lease_expiry(&self, recipient: &str, filter: &Filter) -> Result<Option<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT min(lease_until) FROM messages WHERE recipient = ?1 AND state = 'delivered' \
+             AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3)",
+        )?;
+        Ok(stmt.query_row(params![recipient, filter.from, filter.thread], |r| r.get(0))?)
+    }
+}
+
+fn not_a_db(e: rusqlite::Error, path: &Path) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+        Error::NotADatabase {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::Sqlite(e)
+    }
+}
+
+fn not_a_db_err(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Sqlite(s) => not_a_db(s, path),
+        other => other,
+    }
+}
+
+fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let kind: String = r.get(2)?;
+    let meta: String = r.get(7)?;
+    Ok(Endpoint {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        kind: kind.parse().unwrap_or_default(),
+        cwd: r.get(3)?,
+        pid: r.get(4)?,
+        pid_start: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        mailbox: r.get(6)?,
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<(i64, Message)> {
+    let intent: String = r.get(7)?;
+    let state: String = r.get(12)?;
+    Ok((
+        r.get(0)?,
+        Message {
+            id: r.get(1)?,
+            from: r.get(2)?,
+            from_name: r.get(3)?,
+            to: r.get(4)?,
+            thread: r.get(5)?,
+            reply_to: r.get(6)?,
+            intent: intent.parse().unwrap_or_default(),
+            content_type: r.get(8)?,
+            body: r.get(9)?,
+            created_at: r.get(10)?,
+            expires_at: r.get(11)?,
+            state: State::parse(&state).unwrap_or(State::Queued),
+            deliveries: r.get(13)?,
+        },
+    ))
+}
+
+fn receipt_row(r: &Row<'_>) -> rusqlite::Result<Receipt> {
+    let state: String = r.get(5)?;
+    Ok(Receipt {
+        id: r.get(0)?,
+        from: r.get(1)?,
+        to: r.get(2)?,
+        to_name: r.get(3)?,
+        thread: r.get(4)?,
+        state: State::parse(&state).unwrap_or(State::Queued),
+        created_at: r.get(6)?,
+        delivered_at: r.get(7)?,
+        acked_at: r.get(8)?,
+        deliveries: r.get(9)?,
+        expires_at: r.get(10)?,
+    })
+}
+
+/// Ids are ASCII below `~`, so every id starting with `p` sorts in `[p, p + "~")`; the
+/// range lets SQLite use the index instead of scanning.
+const PREFIX_RANGE: &str = "id >= ?1 AND id < ?1 || '~'";
+
+impl Store for SqliteStore {
+    fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    fn register(&self, reg: &Registration) -> Result<Registered> {
+        if let Some(name) = &reg.name {
+            names::check_name(name)?;
+        }
+        if let Some(id) = &reg.id {
+            names::check_id(id)?;
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing = match (&reg.id, &reg.name) {
+            (Some(id), _) => Self::endpoint_by(&tx, "id", id)?,
+            (None, Some(name)) => Self::endpoint_by(&tx, "name", name)?,
+            (None, None) => None,
+        };
+        let now = now_ms();
+        let created = existing.is_none();
+        let mut ep = existing.unwrap_or_else(|| Endpoint {
+            id: reg
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            name: None,
+            kind: Kind::default(),
+            cwd: None,
+            pid: None,
+            pid_start: None,
+            mailbox: true,
+            meta: Default::default(),
+            created_at: now,
+            updated_at: now,
+        });
+        let mut name_taken_from = None;
+        if let Some(name) = &reg.name {
+            if let Some(holder) = Self::endpoint_by(&tx, "name", name)?
+                && holder.id != ep.id
+            {
+                tx.execute(
+                    "UPDATE endpoints SET name = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![holder.id, now],
+                )?;
+                name_taken_from = Some(holder.id);
+            }
+            ep.name = Some(name.clone());
+        }
+        if let Some(k) = reg.kind {
+            ep.kind = k;
+        }
+        if reg.cwd.is_some() {
+            ep.cwd.clone_from(&reg.cwd);
+        }
+        if reg.pid.is_some() {
+            ep.pid = reg.pid;
+            ep.pid_start = reg.pid_start;
+        }
+        if let Some(m) = reg.mailbox {
+            ep.mailbox = m;
+        }
+        ep.meta
+            .extend(reg.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ep.updated_at = now;
+        let meta = serde_json::to_string(&ep.meta).unwrap_or_else(|_| "{}".into());
+        tx.execute(
+            "INSERT INTO endpoints (id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind,
+               cwd = excluded.cwd, pid = excluded.pid, pid_start = excluded.pid_start,
+               mailbox = excluded.mailbox, meta = excluded.meta, updated_at = excluded.updated_at",
+            params![
+                ep.id,
+                ep.name,
+                ep.kind.as_str(),
+                ep.cwd,
+                ep.pid,
+                ep.pid_start.map(|v| v as i64),
+                ep.mailbox,
+                meta,
+                ep.created_at,
+                ep.updated_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Registered {
+            endpoint: ep,
+            created,
+            name_taken_from,
+        })
+    }
+
+    fn lookup(&self, query: &str) -> Result<Lookup> {
+        if query.is_empty() {
+            return Ok(Lookup::Unknown);
+        }
+        let conn = self.conn();
+        if let Some(e) = Self::endpoint_by(&conn, "name", query)? {
+            return Ok(Lookup::Found(e));
+        }
+        if let Some(e) = Self::endpoint_by(&conn, "id", query)? {
+            return Ok(Lookup::Found(e));
+        }
+        if query.len() < MIN_PREFIX {
+            return Ok(Lookup::Unknown);
+        }
+        let sql =
+            format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE {PREFIX_RANGE} ORDER BY id");
+        let mut matches: Vec<Endpoint> = conn
+            .prepare_cached(&sql)?
+            .query_map([query], endpoint_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(match matches.len() {
+            0 => Lookup::Unknown,
+            1 => Lookup::Found(matches.remove(0)),
+            _ => Lookup::Ambiguous(matches),
+        })
+    }
+
+    fn roster(&self) -> Result<Vec<RosterEntry>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {ENDPOINT_COLS}, (SELECT count(*) FROM messages m WHERE m.recipient = e.id \
+               AND m.state != 'acked' AND (m.expires_at IS NULL OR m.expires_at > ?1)) \
+             FROM endpoints e ORDER BY e.name IS NULL, e.name, e.id"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([now_ms()], |r| {
+            Ok(RosterEntry {
+                endpoint: endpoint_row(r)?,
+                pending: r.get::<_, i64>(10)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn enqueue_batch(&self, msgs: &[NewMessage]) -> Result<Vec<Receipt>> {
+        // The cap is checked for the whole batch before the transaction opens.
+        if let Some(m) = msgs.iter().find(|m| m.body.len() > self.max_body) {
+            return Err(Error::TooLarge {
+                size: m.body.len(),
+                cap: self.max_body,
+            });
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut receipts = Vec::with_capacity(msgs.len());
+        {
+            let mut name_of = tx.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (id, sender, sender_name, recipient, thread, reply_to, intent, \
+                   content_type, body, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for m in msgs {
+                let sender_name: Option<String> = name_of
+                    .query_row([&m.from], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::UnknownEndpoint {
+                        query: m.from.clone(),
+                    })?;
+                let to_name: Option<String> = name_of
+                    .query_row([&m.to], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::UnknownEndpoint {
+                        query: m.to.clone(),
+                    })?;
+                let id = uuid::Uuid::now_v7().to_string();
+                let now = now_ms();
+                insert.execute(params![
+                    id,
+                    m.from,
+                    sender_name,
+                    m.to,
+                    m.thread,
+                    m.reply_to,
+                    m.intent.as_str(),
+                    m.content_type,
+                    m.body,
+                    now,
+                    m.expires_at
+                ])?;
+                receipts.push(Receipt {
+                    id,
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    to_name,
+                    thread: m.thread.clone(),
+                    state: State::Queued,
+                    created_at: now,
+                    delivered_at: None,
+                    acked_at: None,
+                    deliveries: 0,
+                    expires_at: m.expires_at,
+                });
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        let mut rung: Vec<&str> = Vec::new();
+        for m in msgs {
+            if !rung.contains(&m.to.as_str()) {
+                self.bells.ring(&m.to);
+                rung.push(&m.to);
+            }
+        }
+        Ok(receipts)
+    }
+
+    fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
+        let now = now_ms();
+        let limit = req.limit.max(1) as i64;
+        let pending = "recipient = ?1 AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
+             AND (expires_at IS NULL OR expires_at > ?2) AND (?3 IS NULL OR sender = ?3) \
+             AND (?4 IS NULL OR thread = ?4)";
+        let set = match req.mode {
+            FetchMode::Peek => {
+                let conn = self.conn();
+                let sql = format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE {pending} ORDER BY seq LIMIT ?5"
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(
+                    params![recipient, now, req.filter.from, req.filter.thread, limit],
+                    message_row,
+                )?;
+                return Ok(rows
+                    .map(|r| r.map(|(_, m)| m))
+                    .collect::<rusqlite::Result<_>>()?);
+            }
+            FetchMode::Deliver { .. } => "state = 'delivered', lease_until = ?6",
+            FetchMode::Take => "state = 'acked', acked_at = ?2, lease_until = NULL",
+        };
+        let lease_until = match req.mode {
+            FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
+            _ => now,
+        };
+        let sql = format!(
+            "UPDATE messages SET {set}, delivered_at = coalesce(delivered_at, ?2), \
+               deliveries = deliveries + 1 \
+             WHERE seq IN (SELECT seq FROM messages WHERE {pending} ORDER BY seq LIMIT ?5) \
+             RETURNING {MESSAGE_COLS}"
+        );
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out: Vec<(i64, Message)> = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    recipient,
+                    now,
+                    req.filter.from,
+                    req.filter.thread,
+                    limit,
+                    lease_until
+                ],
+                message_row,
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.commit()?;
+        // RETURNING gives no order guarantee; hand messages out oldest first.
+        out.sort_by_key(|(seq, _)| *seq);
+        Ok(out.into_iter().map(|(_, m)| m).collect())
+    }
+
+    fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(ids.len());
+        {
+            let sql =
+                format!("SELECT id, recipient, state FROM messages WHERE {PREFIX_RANGE} LIMIT 2");
+            let mut find = tx.prepare_cached(&sql)?;
+            let mut exact =
+                tx.prepare_cached("SELECT id, recipient, state FROM messages WHERE id = ?1")?;
+            let mut update = tx.prepare_cached(
+                "UPDATE messages SET state = 'acked', acked_at = ?2, \
+                   delivered_at = coalesce(delivered_at, ?2), lease_until = NULL WHERE id = ?1",
+            )?;
+            let row = |r: &Row<'_>| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            };
+            for given in ids {
+                let mut found: Vec<(String, String, String)> =
+                    exact.query_map([given], row)?.collect::<rusqlite::Result<_>>()?;
+                if found.is_empty() && given.len() >= MIN_PREFIX {
+                    found = find.query_map([given], row)?.collect::<rusqlite::Result<_>>()?;
+                }
+                let outcome = match found.as_slice() {
+                    [] => AckOutcome::Unknown,
+                    [_, _, ..] => AckOutcome::Ambiguous,
+                    [(_, to, _)] if recipient.is_some_and(|r| r != to) => AckOutcome::NotYours,
+                    [(_, _, state)] if state == "acked" => AckOutcome::AlreadyAcked,
+                    [(id, _, _)] => {
+                        update.execute(params![id, now])?;
+                        AckOutcome::Acked
+                    }
+                };
+                out.push(AckResult {
+                    id: found
+                        .first()
+                        .map(|f| f.0.clone())
+                        .unwrap_or_else(|| given.clone()),
+                    outcome,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn receipt(&self, id: &str) -> Result<Receipt> {
+        let conn = self.conn();
+        let base =
+            format!("SELECT {RECEIPT_COLS} FROM messages m LEFT JOIN endpoints e ON e.id = m.recipient");
+        let exact: Option<Receipt> = conn
+            .prepare_cached(&format!("{base} WHERE m.id = ?1"))?
+            .query_row([id], receipt_row)
+            .optional()?;
+        if let Some(r) = exact {
+            return Ok(r);
+        }
+        let unknown = || Error::UnknownMessage {
+            query: id.to_string(),
+        };
+        if id.len() < MIN_PREFIX {
+            return Err(unknown());
+        }
+        let mut found: Vec<Receipt> = conn
+            .prepare_cached(&format!(
+                "{base} WHERE m.id >= ?1 AND m.id < ?1 || '~' LIMIT 11"
+            ))?
+            .query_map([id], receipt_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        match found.len() {
+            0 => Err(unknown()),
+            1 => Ok(found.remove(0)),
+            n => Err(Error::AmbiguousMessage {
+                query: id.to_string(),
+                count: n,
+            }),
+        }
+    }
+
+    fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>> {
+        let deadline = Instant::now() + timeout.min(MAX_WAIT);
+        // Listen before the first look, so a commit between look and sleep still wakes us.
+        let bell = self.bells.listen(recipient);
+        loop {
+            let got = self.fetch(recipient, req)?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            let mut nap = (deadline - now).min(BACKSTOP_POLL);
+            if let Some(at) = self.next_lease_expiry(recipient, &req.filter)? {
+                let until = Duration::from_millis((at - now_ms()).max(0) as u64);
+                nap = nap.min(until + Duration::from_millis(1));
+            }
+            bell.wait(nap);
+        }
+    }
+
+    fn gc(&self, acked_before: Duration) -> Result<GcReport> {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(acked_before.as_millis() as i64);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let acked_deleted = tx.execute(
+            "DELETE FROM messages WHERE state = 'acked' AND acked_at < ?1",
+            [cutoff],
+        )? as u64;
+        let expired_deleted = tx.execute(
+            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [now],
+        )? as u64;
+        tx.commit()?;
+        Ok(GcReport {
+            acked_deleted,
+            expired_deleted,
+        })
+    }
+}
