@@ -25,25 +25,15 @@ pub struct UsageError(pub String);
 /// Maps an error to its kebab-case kind and exit status by the first typed cause found.
 pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
     for cause in err.chain() {
-        if let Some(route::Error::Rejected { reason, .. }) = cause.downcast_ref::<route::Error>()
-        {
-            return (reason.as_str(), EXIT_REJECTED);
+        if let Some(e) = cause.downcast_ref::<route::Error>() {
+            return match e {
+                route::Error::Rejected { reason, .. } => (reason.as_str(), EXIT_REJECTED),
+                // `Store` is transparent, so its inner error is not a separate cause.
+                route::Error::Store(inner) => classify_store(inner),
+            };
         }
         if let Some(e) = cause.downcast_ref::<store::Error>() {
-            use store::Error::*;
-            return match e {
-                UnknownEndpoint { .. } => ("unknown-target", EXIT_REJECTED),
-                AmbiguousEndpoint { .. } => ("ambiguous-target", EXIT_REJECTED),
-                UnknownMessage { .. } => ("unknown-message", EXIT_REJECTED),
-                AmbiguousMessage { .. } => ("ambiguous-message", EXIT_REJECTED),
-                TooLarge { .. } => ("too-large", EXIT_REJECTED),
-                InvalidName { .. } => ("invalid-name", EXIT_USAGE),
-                InvalidId { .. } => ("invalid-id", EXIT_USAGE),
-                NotADatabase { .. } => ("not-a-database", EXIT_FAILURE),
-                SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
-                Io { .. } => ("io", EXIT_FAILURE),
-                Sqlite(_) => ("database", EXIT_FAILURE),
-            };
+            return classify_store(e);
         }
         if cause.downcast_ref::<UsageError>().is_some()
             || cause.downcast_ref::<ConfigError>().is_some()
@@ -52,4 +42,21 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
         }
     }
     ("failure", EXIT_FAILURE)
+}
+
+fn classify_store(e: &store::Error) -> (&'static str, u8) {
+    use store::Error::*;
+    match e {
+        UnknownEndpoint { .. } => ("unknown-target", EXIT_REJECTED),
+        AmbiguousEndpoint { .. } => ("ambiguous-target", EXIT_REJECTED),
+        UnknownMessage { .. } => ("unknown-message", EXIT_REJECTED),
+        AmbiguousMessage { .. } => ("ambiguous-message", EXIT_REJECTED),
+        TooLarge { .. } => ("too-large", EXIT_REJECTED),
+        InvalidName { .. } => ("invalid-name", EXIT_USAGE),
+        InvalidId { .. } => ("invalid-id", EXIT_USAGE),
+        NotADatabase { .. } => ("not-a-database", EXIT_FAILURE),
+        SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
+        Io { .. } => ("io", EXIT_FAILURE),
+        Sqlite(_) => ("database", EXIT_FAILURE),
+    }
 }
