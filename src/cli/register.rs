@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{Ctx, EXIT_OK, UsageError, output};
-use crate::store::{Kind, Lookup, Registration, Store};
+use crate::store::{Kind, Registration, Store};
 
 /// Arguments of `relay register`.
 #[derive(Debug, clap::Args)]
@@ -41,28 +41,15 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         meta.insert(k.to_string(), value);
     }
     let store = ctx.store()?;
-    // Field-preserving: the current directory is only a default for a new endpoint.
-    let cwd = match a.cwd {
-        Some(c) => Some(c),
-        None => {
-            let exists = match &a.id {
-                Some(id) => matches!(store.lookup(id)?, Lookup::Found(e) if &e.id == id),
-                None => matches!(store.lookup(&a.name)?, Lookup::Found(e) if e.name.as_deref() == Some(&a.name)),
-            };
-            if exists {
-                None
-            } else {
-                std::env::current_dir()
-                    .ok()
-                    .map(|d| d.to_string_lossy().into_owned())
-            }
-        }
-    };
     let reg = store.register(&Registration {
         id: a.id,
         name: Some(a.name),
         kind: a.kind,
-        cwd,
+        cwd: a.cwd,
+        // Field-preserving: the current directory only fills in a new endpoint.
+        default_cwd: std::env::current_dir()
+            .ok()
+            .map(|d| d.to_string_lossy().into_owned()),
         pid: None,
         pid_start: None,
         mailbox: a.no_mailbox.then_some(false),

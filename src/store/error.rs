@@ -24,18 +24,20 @@ pub enum Error {
         supported: i64,
     },
     /// A file or directory operation failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {err}")]
     Io {
         /// What relay was doing.
         what: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// SQLite reported an error.
+    // Not `#[from]`: that would make it the error's source too, and `{:#}` chains would
+    // print the SQLite message twice.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// An endpoint name breaks the naming rule.
     #[error("invalid name {name:?}: {rule}")]
     InvalidName {
@@ -88,4 +90,10 @@ pub enum Error {
         /// The cap in bytes.
         cap: usize,
     },
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Sqlite(e)
+    }
 }

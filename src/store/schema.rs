@@ -66,11 +66,11 @@ pub(crate) fn check_header(path: &Path) -> Result<(), Error> {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
+        Err(err) => {
             return Err(Error::Io {
                 what: "cannot open",
                 path: path.to_path_buf(),
-                source,
+                err,
             });
         }
     };
@@ -78,10 +78,10 @@ pub(crate) fn check_header(path: &Path) -> Result<(), Error> {
     file.by_ref()
         .take(16)
         .read_to_end(&mut head)
-        .map_err(|source| Error::Io {
+        .map_err(|err| Error::Io {
             what: "cannot read",
             path: path.to_path_buf(),
-            source,
+            err,
         })?;
     if head.is_empty() || head.as_slice() == SQLITE_MAGIC {
         Ok(())

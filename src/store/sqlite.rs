@@ -53,10 +53,10 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| Error::Io {
+        .map_err(|err| Error::Io {
             what: "cannot create directory",
             path: dir.to_path_buf(),
-            source,
+            err,
         })
 }
 
@@ -103,10 +103,10 @@ impl SqliteStore {
         {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(source) => Err(Error::Io {
+            Err(err) => Err(Error::Io {
                 what: "cannot create",
                 path: path.clone(),
-                source,
+                err,
             }),
         }
     }
@@ -243,7 +243,7 @@ impl Store for SqliteStore {
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             name: None,
             kind: Kind::default(),
-            cwd: None,
+            cwd: reg.default_cwd.clone(),
             pid: None,
             pid_start: None,
             mailbox: true,
@@ -451,7 +451,7 @@ impl Store for SqliteStore {
         };
         let lease_until = match req.mode {
             FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
-            _ => now,
+            _ => 0, // not bound: only Deliver's statement has ?6
         };
         let sql = format!(
             "UPDATE messages SET {set}, delivered_at = coalesce(delivered_at, ?2), \
@@ -463,17 +463,23 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out: Vec<(i64, Message)> = {
             let mut stmt = tx.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    recipient,
-                    now,
-                    req.filter.from,
-                    req.filter.thread,
-                    limit,
-                    lease_until
-                ],
-                message_row,
-            )?;
+            let rows = match req.mode {
+                FetchMode::Deliver { .. } => stmt.query_map(
+                    params![
+                        recipient,
+                        now,
+                        req.filter.from,
+                        req.filter.thread,
+                        limit,
+                        lease_until
+                    ],
+                    message_row,
+                )?,
+                _ => stmt.query_map(
+                    params![recipient, now, req.filter.from, req.filter.thread, limit],
+                    message_row,
+                )?,
+            };
             rows.collect::<rusqlite::Result<_>>()?
         };
         tx.commit()?;

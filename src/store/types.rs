@@ -193,6 +193,9 @@ pub struct Registration {
     pub kind: Option<Kind>,
     /// Working directory.
     pub cwd: Option<String>,
+    /// Working directory to record only if the endpoint is created by this call (a
+    /// default that never overwrites a stored value).
+    pub default_cwd: Option<String>,
     /// Process id.
     pub pid: Option<u32>,
     /// Process start time (clock ticks since boot).
