@@ -104,3 +104,36 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The bell, not a timeout, ends the wait: a 60 s wait must return long before 60 s.
+    /// (The margin is huge on purpose; how fast it wakes is measured by `relay bench`.)
+    #[test]
+    fn a_ring_from_another_thread_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let bells = Doorbells::new(dir.path().join("bells")).unwrap();
+        let listener = bells.listen("ep1");
+        assert!(listener.watcher.is_some(), "inotify watch was made");
+        let other = bells.clone();
+        let ringer = std::thread::spawn(move || other.ring("ep1"));
+        let start = Instant::now();
+        listener.wait(Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        ringer.join().unwrap();
+    }
+
+    #[test]
+    fn a_ring_for_someone_else_does_not_wake() {
+        let dir = tempfile::tempdir().unwrap();
+        let bells = Doorbells::new(dir.path().join("bells")).unwrap();
+        let listener = bells.listen("ep1");
+        bells.ring("ep2");
+        let start = Instant::now();
+        listener.wait(Duration::from_millis(300));
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+}
