@@ -44,7 +44,9 @@ pub enum ConfigError {
     #[error("durability '{0}' is not known; use 'normal' or 'full'")]
     Durability(String),
     /// `RELAY_MAX_BODY` did not parse or was out of range.
-    #[error("body cap '{0}' is not valid; give bytes between 1 and 16MiB, e.g. 262144, 256KiB or 1MiB")]
+    #[error(
+        "body cap '{0}' is not valid; give bytes between 1 and 16MiB, e.g. 262144, 256KiB or 1MiB"
+    )]
     MaxBody(String),
     /// No `RELAY_HOME`, `XDG_STATE_HOME` or `HOME` to put data in.
     #[error("cannot find a data directory: set RELAY_HOME (or HOME)")]

@@ -59,7 +59,10 @@ fn inbox_acks_after_printing_by_default() {
     assert_eq!(got["acked"], true);
     assert_eq!(got["messages"].as_array().unwrap().len(), 1);
     assert_eq!(h.json(&["status", &id])["state"], "acked");
-    assert_eq!(h.json(&["inbox", "--as", "b"])["messages"], serde_json::json!([]));
+    assert_eq!(
+        h.json(&["inbox", "--as", "b"])["messages"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -68,7 +71,11 @@ fn identity_comes_from_flag_then_env_else_a_usage_error() {
     h.register("alice");
     let r = h.run(&["whoami"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("--as NAME or set RELAY_AS"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--as NAME or set RELAY_AS"),
+        "{}",
+        r.stderr
+    );
 
     let mut c = h.cmd(&["whoami", "--json"]);
     c.env("RELAY_AS", "alice");
@@ -100,7 +107,11 @@ fn bad_names_are_refused_with_the_rule_and_register_nothing() {
     ] {
         let r = h.run(&["register", "--json", "--", bad]);
         assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
-        assert!(r.stderr.contains("names are 1-64 characters"), "{bad:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("names are 1-64 characters"),
+            "{bad:?}: {}",
+            r.stderr
+        );
         assert_eq!(r.doc()["error"]["kind"], "invalid-name");
     }
     let roster = h.json(&["roster"]);
@@ -122,7 +133,16 @@ fn a_name_moves_to_its_new_holder_and_the_old_one_is_reported() {
     let one = eps.iter().find(|e| e["id"] == "endpoint-one").unwrap();
     assert!(one["name"].is_null());
     // Re-registering keeps fields it was not given.
-    h.json(&["register", "worker", "--id", "endpoint-two", "--kind", "human", "--cwd", "/tmp"]);
+    h.json(&[
+        "register",
+        "worker",
+        "--id",
+        "endpoint-two",
+        "--kind",
+        "human",
+        "--cwd",
+        "/tmp",
+    ]);
     let d = h.json(&["register", "worker", "--meta", "team=infra"]);
     let e = &d["endpoint"];
     assert_eq!(e["id"], "endpoint-two");
@@ -146,7 +166,11 @@ fn unknown_and_ambiguous_recipients_are_distinct_rejects_that_store_nothing() {
     let r = h.run(&["send", "abcd", "--as", "me", "--json", "hi"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert_eq!(r.doc()["error"]["kind"], "ambiguous-target");
-    assert!(r.stderr.contains("abcd1111 (w1)") && r.stderr.contains("abcd2222 (w2)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("abcd1111 (w1)") && r.stderr.contains("abcd2222 (w2)"),
+        "{}",
+        r.stderr
+    );
 
     // Prefixes shorter than 4 characters never match.
     let r = h.run(&["send", "abc", "--as", "me", "hi"]);
@@ -168,7 +192,11 @@ fn oversized_bodies_are_refused_before_any_write() {
     let r = h.run_stdin(&["send", "b", "--as", "a", "--stdin", "--json"], &big);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert_eq!(r.doc()["error"]["kind"], "too-large");
-    assert!(r.stderr.contains("262145 bytes") && r.stderr.contains("262144"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("262145 bytes") && r.stderr.contains("262144"),
+        "{}",
+        r.stderr
+    );
     // Exactly at the cap is fine.
     let ok = h.run_stdin(&["send", "b", "--as", "a", "--stdin"], &big[1..]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
@@ -192,9 +220,16 @@ fn non_utf8_stdin_is_a_usage_error_and_stores_nothing() {
     let h = Home::new();
     h.register("a");
     h.register("b");
-    let r = h.run_stdin(&["send", "b", "--as", "a", "--stdin"], b"ok so far \xff\xfe");
+    let r = h.run_stdin(
+        &["send", "b", "--as", "a", "--stdin"],
+        b"ok so far \xff\xfe",
+    );
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("not valid UTF-8") && r.stderr.contains("offset 10"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not valid UTF-8") && r.stderr.contains("offset 10"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(message_rows(&h), 0);
 }
 
@@ -225,7 +260,12 @@ fn a_database_from_a_newer_relay_is_refused_naming_both_versions() {
     let r = h.run(&["roster"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("schema version 99"), "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("up to version {}", relay::store::SCHEMA_VERSION)), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("up to version {}", relay::store::SCHEMA_VERSION)),
+        "{}",
+        r.stderr
+    );
     assert_eq!(bytes(&h.db()), before);
 }
 
@@ -248,7 +288,10 @@ fn an_expired_lease_hands_the_message_out_again() {
     let first = h.json(&["inbox", "--as", "b", "--no-ack", "--lease", "1s"]);
     assert_eq!(first["messages"][0]["deliveries"], 1);
     // While leased, nobody else gets it.
-    assert_eq!(h.json(&["inbox", "--as", "b", "--peek"])["messages"], serde_json::json!([]));
+    assert_eq!(
+        h.json(&["inbox", "--as", "b", "--peek"])["messages"],
+        serde_json::json!([])
+    );
     // wait wakes when the lease ends, with no doorbell ring.
     let again = h.json(&["wait", "--as", "b", "--timeout", "20s"]);
     assert_eq!(again["messages"][0]["id"], id.as_str());
@@ -262,7 +305,18 @@ fn wait_wakes_when_mail_arrives_and_filters_by_sender_and_thread() {
     h.register("a");
     h.register("c");
     h.register("b");
-    let mut waiter = h.cmd(&["wait", "--as", "b", "--from", "a", "--thread", "t1", "--timeout", "60s", "--json"]);
+    let mut waiter = h.cmd(&[
+        "wait",
+        "--as",
+        "b",
+        "--from",
+        "a",
+        "--thread",
+        "t1",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
     waiter.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = waiter.spawn().unwrap();
     // Mail that does not match the filter must not end the wait.
@@ -270,7 +324,11 @@ fn wait_wakes_when_mail_arrives_and_filters_by_sender_and_thread() {
     h.json(&["send", "b", "--as", "a", "--thread", "t2", "wrong thread"]);
     let id = id_of(&h.json(&["send", "b", "--as", "a", "--thread", "t1", "this one"]));
     let out = wait_with_deadline(child, Duration::from_secs(30), "relay wait");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let msgs = doc["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 1, "{doc}");
@@ -370,11 +428,19 @@ fn send_lines_sends_one_message_per_line() {
     let h = Home::new();
     h.register("a");
     h.register("b");
-    let r = h.run_stdin(&["send", "b", "--as", "a", "--stdin", "--lines", "--json"], b"one\ntwo\n\nthree\n");
+    let r = h.run_stdin(
+        &["send", "b", "--as", "a", "--stdin", "--lines", "--json"],
+        b"one\ntwo\n\nthree\n",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.doc()["count"], 3);
     let got = h.json(&["inbox", "--as", "b"]);
-    let bodies: Vec<_> = got["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap().to_string()).collect();
+    let bodies: Vec<_> = got["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(bodies, ["one", "two", "three"]);
 }
 

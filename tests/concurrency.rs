@@ -31,12 +31,25 @@ fn sixteen_senders_four_readers_every_message_acked_exactly_once() {
 
     let readers: Vec<_> = (0..READERS)
         .map(|_| {
-            let (h, received, count, done) =
-                (h.clone(), received.clone(), count.clone(), senders_done.clone());
+            let (h, received, count, done) = (
+                h.clone(),
+                received.clone(),
+                count.clone(),
+                senders_done.clone(),
+            );
             std::thread::spawn(move || {
                 while count.load(Ordering::SeqCst) < total {
                     assert!(Instant::now() < deadline, "readers ran past the deadline");
-                    let r = h.run(&["wait", "--as", "sink", "--timeout", "2s", "--limit", "100", "--json"]);
+                    let r = h.run(&[
+                        "wait",
+                        "--as",
+                        "sink",
+                        "--timeout",
+                        "2s",
+                        "--limit",
+                        "100",
+                        "--json",
+                    ]);
                     match r.code {
                         0 => {
                             let ids: Vec<String> = r.doc()["messages"]
@@ -59,10 +72,22 @@ fn sixteen_senders_four_readers_every_message_acked_exactly_once() {
 
     let children: Vec<_> = (0..SENDERS)
         .map(|s| {
-            let mut c = h.cmd(&["send", "sink", "--as", &format!("s{s}"), "--stdin", "--lines", "--json"]);
-            c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut c = h.cmd(&[
+                "send",
+                "sink",
+                "--as",
+                &format!("s{s}"),
+                "--stdin",
+                "--lines",
+                "--json",
+            ]);
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             let mut child = c.spawn().unwrap();
-            let lines: String = (0..PER_SENDER).map(|i| format!("s{s} message {i}\n")).collect();
+            let lines: String = (0..PER_SENDER)
+                .map(|i| format!("s{s} message {i}\n"))
+                .collect();
             let mut stdin = child.stdin.take().unwrap();
             std::thread::spawn(move || {
                 use std::io::Write;
@@ -74,12 +99,19 @@ fn sixteen_senders_four_readers_every_message_acked_exactly_once() {
     let mut sent = HashSet::new();
     for child in children {
         let out = wait_with_deadline(child, Duration::from_secs(180), "sender");
-        assert!(out.status.success(), "sender failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sender failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["count"], PER_SENDER);
         for r in doc["sent"].as_array().unwrap() {
             assert_eq!(r["state"], "queued");
-            assert!(sent.insert(r["id"].as_str().unwrap().to_string()), "duplicate id issued");
+            assert!(
+                sent.insert(r["id"].as_str().unwrap().to_string()),
+                "duplicate id issued"
+            );
         }
     }
     senders_done.store(true, Ordering::SeqCst);
@@ -91,14 +123,28 @@ fn sixteen_senders_four_readers_every_message_acked_exactly_once() {
     let got = received.lock().unwrap();
     let unique: HashSet<&String> = got.iter().collect();
     let lost: Vec<_> = sent.iter().filter(|id| !unique.contains(id)).collect();
-    assert!(lost.is_empty(), "{} messages lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} messages lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     assert_eq!(unique.len(), total, "received ids that were never sent");
     // With leases far longer than a read, no message may be handed out twice.
-    assert_eq!(got.len(), total, "{} duplicate deliveries", got.len() - total);
+    assert_eq!(
+        got.len(),
+        total,
+        "{} duplicate deliveries",
+        got.len() - total
+    );
 
     let conn = rusqlite::Connection::open(h.db()).unwrap();
     let acked: i64 = conn
-        .query_row("SELECT count(*) FROM messages WHERE state = 'acked' AND deliveries = 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM messages WHERE state = 'acked' AND deliveries = 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(acked as usize, total, "every message acked exactly once");
 }
@@ -135,7 +181,11 @@ fn concurrent_upserts_from_sixteen_processes_lose_no_field() {
         .collect();
     for c in children.into_iter().chain(others) {
         let out = wait_with_deadline(c, Duration::from_secs(60), "register");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let roster = h.json(&["roster"]);
     let eps = roster["endpoints"].as_array().unwrap();
@@ -146,10 +196,17 @@ fn concurrent_upserts_from_sixteen_processes_lose_no_field() {
     assert_eq!(shared["cwd"], "/srv/seven");
     let meta: HashMap<String, Value> = serde_json::from_value(shared["meta"].clone()).unwrap();
     for i in 0..16 {
-        assert_eq!(meta.get(&format!("k{i}")), Some(&Value::from(format!("v{i}"))), "k{i} lost: {meta:?}");
+        assert_eq!(
+            meta.get(&format!("k{i}")),
+            Some(&Value::from(format!("v{i}"))),
+            "k{i} lost: {meta:?}"
+        );
     }
     for i in 0..16 {
-        let e = eps.iter().find(|e| e["name"] == format!("solo{i}")).unwrap();
+        let e = eps
+            .iter()
+            .find(|e| e["name"] == format!("solo{i}"))
+            .unwrap();
         assert_eq!(e["kind"], "codex");
         assert_eq!(e["cwd"], format!("/work/{i}"));
     }

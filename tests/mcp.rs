@@ -5,10 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::Home;
+use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
-use rmcp::ServiceExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -51,7 +51,12 @@ async fn ok(c: &Client, tool: &str, args: Value) -> Value {
 /// Calls a tool that must fail and returns its error JSON.
 async fn err(c: &Client, tool: &str, args: Value) -> Value {
     let r = call(c, tool, args).await;
-    assert_eq!(r.is_error, Some(true), "{tool} should fail: {:?}", r.content);
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "{tool} should fail: {:?}",
+        r.content
+    );
     text(&r)
 }
 
@@ -65,9 +70,18 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         let tools = a.list_all_tools().await.unwrap();
         let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
         names.sort();
-        assert_eq!(names, ["ack", "inbox", "register", "roster", "send", "status", "wait", "whoami"]);
+        assert_eq!(
+            names,
+            [
+                "ack", "inbox", "register", "roster", "send", "status", "wait", "whoami"
+            ]
+        );
         for t in &tools {
-            assert!(t.description.as_deref().is_some_and(|d| d.len() > 40), "{} needs a description", t.name);
+            assert!(
+                t.description.as_deref().is_some_and(|d| d.len() > 40),
+                "{} needs a description",
+                t.name
+            );
         }
 
         // No identity yet: a tool error that says what to do.
@@ -75,24 +89,42 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         assert_eq!(e["error"], "usage");
         assert!(e["message"].as_str().unwrap().contains("register"));
 
-        let reg = ok(&a, "register", json!({"name": "alice", "kind": "claude-code"})).await;
+        let reg = ok(
+            &a,
+            "register",
+            json!({"name": "alice", "kind": "claude-code"}),
+        )
+        .await;
         assert_eq!(reg["endpoint"]["name"], "alice");
         ok(&b, "register", json!({"name": "bob"})).await;
         let me = ok(&a, "whoami", json!({})).await;
         assert_eq!(me["endpoint"]["kind"], "claude-code");
         assert_eq!(me["source"], "register");
 
-        let sent = ok(&a, "send", json!({"to": "bob", "body": "please review", "intent": "request"})).await;
+        let sent = ok(
+            &a,
+            "send",
+            json!({"to": "bob", "body": "please review", "intent": "request"}),
+        )
+        .await;
         assert_eq!(sent["route"], "mailbox");
         assert_eq!(sent["state"], "queued");
         let id = sent["id"].as_str().unwrap().to_string();
 
-        let got = ok(&b, "wait", json!({"timeout_s": 30, "from": "alice", "ack": false})).await;
+        let got = ok(
+            &b,
+            "wait",
+            json!({"timeout_s": 30, "from": "alice", "ack": false}),
+        )
+        .await;
         assert_eq!(got["timed_out"], false);
         assert_eq!(got["messages"][0]["id"], id.as_str());
         assert_eq!(got["messages"][0]["body"], "please review");
         assert_eq!(got["messages"][0]["intent"], "request");
-        assert_eq!(ok(&a, "status", json!({"id": id})).await["state"], "delivered");
+        assert_eq!(
+            ok(&a, "status", json!({"id": id})).await["state"],
+            "delivered"
+        );
 
         let acked = ok(&b, "ack", json!({"ids": [id]})).await;
         assert_eq!(acked["results"][0]["outcome"], "acked");
@@ -101,7 +133,12 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         assert!(st["acked_at"].is_i64());
 
         // The reply path, inbox with default ack, and roster.
-        ok(&b, "send", json!({"to": "alice", "body": "done", "reply_to": id})).await;
+        ok(
+            &b,
+            "send",
+            json!({"to": "alice", "body": "done", "reply_to": id}),
+        )
+        .await;
         let inbox = ok(&a, "inbox", json!({})).await;
         assert_eq!(inbox["messages"][0]["thread"], id.as_str());
         assert_eq!(inbox["acked"], true);
@@ -111,13 +148,23 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         // Failures are tool errors carrying the reason; nothing is stored.
         let e = err(&a, "send", json!({"to": "nobody", "body": "x"})).await;
         assert_eq!(e["error"], "unknown-target");
-        let e = err(&a, "send", json!({"to": "bob", "body": "x".repeat(256 * 1024 + 1)})).await;
+        let e = err(
+            &a,
+            "send",
+            json!({"to": "bob", "body": "x".repeat(256 * 1024 + 1)}),
+        )
+        .await;
         assert_eq!(e["error"], "too-large");
         let e = err(&a, "register", json!({"name": "evil\u{0}name"})).await;
         assert_eq!(e["error"], "invalid-name");
         let e = err(&a, "wait", json!({"timeout_s": 301})).await;
         assert!(e["message"].as_str().unwrap().contains("1 to 300"));
-        let e = err(&a, "send", json!({"to": "bob", "body": "x", "intent": "shout"})).await;
+        let e = err(
+            &a,
+            "send",
+            json!({"to": "bob", "body": "x", "intent": "shout"}),
+        )
+        .await;
         assert!(e["message"].as_str().unwrap().contains("notify"));
         let timed = ok(&a, "wait", json!({"timeout_s": 1})).await;
         assert_eq!(timed["timed_out"], true);

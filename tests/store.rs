@@ -50,7 +50,15 @@ fn take_delivers_and_acks_in_one_step_oldest_first() {
     for i in 0..5 {
         s.enqueue(&msg(&a, &b, &format!("m{i}"))).unwrap();
     }
-    let got = s.fetch(&b, &Fetch { limit: 3, ..fetch(FetchMode::Take) }).unwrap();
+    let got = s
+        .fetch(
+            &b,
+            &Fetch {
+                limit: 3,
+                ..fetch(FetchMode::Take)
+            },
+        )
+        .unwrap();
     let bodies: Vec<_> = got.iter().map(|m| m.text().into_owned()).collect();
     assert_eq!(bodies, ["m0", "m1", "m2"]);
     assert!(got.iter().all(|m| m.state == State::Acked));
@@ -69,7 +77,9 @@ fn a_batch_is_all_or_nothing() {
     assert!(matches!(err, Error::UnknownEndpoint { .. }), "{err}");
     assert!(s.fetch(&b, &fetch(FetchMode::Peek)).unwrap().is_empty());
     let big = "x".repeat(s.max_body() + 1);
-    let err = s.enqueue_batch(&[msg(&a, &b, "fine"), msg(&a, &b, &big)]).unwrap_err();
+    let err = s
+        .enqueue_batch(&[msg(&a, &b, "fine"), msg(&a, &b, &big)])
+        .unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(s.fetch(&b, &fetch(FetchMode::Peek)).unwrap().is_empty());
 }
@@ -85,7 +95,10 @@ fn filters_select_by_sender_and_thread() {
     let req = Fetch {
         limit: 10,
         mode: FetchMode::Peek,
-        filter: Filter { from: Some(a.clone()), thread: Some("t".into()) },
+        filter: Filter {
+            from: Some(a.clone()),
+            thread: Some("t".into()),
+        },
     };
     let got = s.fetch(&b, &req).unwrap();
     assert_eq!(got.len(), 1);
@@ -109,10 +122,17 @@ fn a_lapsed_lease_is_redelivered_and_wait_notices_without_a_ring() {
     let (_d, s) = open();
     let (a, b) = (endpoint(&s, "a"), endpoint(&s, "b"));
     let id = s.enqueue(&msg(&a, &b, "again")).unwrap().id;
-    let lease = FetchMode::Deliver { lease: Duration::from_millis(300) };
+    let lease = FetchMode::Deliver {
+        lease: Duration::from_millis(300),
+    };
     assert_eq!(s.fetch(&b, &fetch(lease)).unwrap().len(), 1);
-    assert!(s.fetch(&b, &fetch(lease)).unwrap().is_empty(), "leased to the first reader");
-    let got = s.wait(&b, &fetch(FetchMode::Take), Duration::from_secs(20)).unwrap();
+    assert!(
+        s.fetch(&b, &fetch(lease)).unwrap().is_empty(),
+        "leased to the first reader"
+    );
+    let got = s
+        .wait(&b, &fetch(FetchMode::Take), Duration::from_secs(20))
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, id);
     assert_eq!(got[0].deliveries, 2);
@@ -142,23 +162,46 @@ fn wait_returns_mail_sent_through_another_handle() {
 fn wait_returns_empty_at_its_timeout() {
     let (_d, s) = open();
     let b = endpoint(&s, "b");
-    assert!(s.wait(&b, &fetch(FetchMode::Take), Duration::from_millis(100)).unwrap().is_empty());
+    assert!(
+        s.wait(&b, &fetch(FetchMode::Take), Duration::from_millis(100))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn lookup_tells_unknown_from_ambiguous_and_prefers_names() {
     let (_d, s) = open();
-    for (name, id) in [("one", "beef0001"), ("two", "beef0002"), ("beef", "cafe0001")] {
-        s.register(&Registration { id: Some(id.into()), name: Some(name.into()), ..Default::default() })
-            .unwrap();
+    for (name, id) in [
+        ("one", "beef0001"),
+        ("two", "beef0002"),
+        ("beef", "cafe0001"),
+    ] {
+        s.register(&Registration {
+            id: Some(id.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        })
+        .unwrap();
     }
     assert!(matches!(s.lookup("nothing").unwrap(), Lookup::Unknown));
-    assert!(matches!(s.lookup("bee").unwrap(), Lookup::Unknown), "prefixes under 4 chars never match");
+    assert!(
+        matches!(s.lookup("bee").unwrap(), Lookup::Unknown),
+        "prefixes under 4 chars never match"
+    );
     assert!(matches!(s.lookup("beef000").unwrap(), Lookup::Ambiguous(c) if c.len() == 2));
-    assert!(matches!(s.lookup("beef").unwrap(), Lookup::Found(e) if e.id == "cafe0001"), "exact name wins");
-    assert!(matches!(s.lookup("beef0002").unwrap(), Lookup::Found(e) if e.name.as_deref() == Some("two")));
+    assert!(
+        matches!(s.lookup("beef").unwrap(), Lookup::Found(e) if e.id == "cafe0001"),
+        "exact name wins"
+    );
+    assert!(
+        matches!(s.lookup("beef0002").unwrap(), Lookup::Found(e) if e.name.as_deref() == Some("two"))
+    );
     let err = s.resolve("beef000").unwrap_err().to_string();
-    assert!(err.contains("beef0001 (one)") && err.contains("beef0002 (two)"), "{err}");
+    assert!(
+        err.contains("beef0001 (one)") && err.contains("beef0002 (two)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -175,8 +218,12 @@ fn reopening_migrates_once_and_stays_at_the_current_version() {
         h.join().unwrap().unwrap();
     }
     let conn = rusqlite::Connection::open(cfg.db_path()).unwrap();
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, SCHEMA_VERSION);
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
 }

@@ -1,1 +1,113 @@
-//! Benchmarks.
+//! Measurements behind `relay bench`. Each benchmark runs its baseline in the same run
+//! (raw SQLite, a raw Unix socket) so figures can be compared on the same machine, and
+//! writes a Markdown report with the machine it ran on to `bench/results/`.
+
+pub mod mailbox;
+
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The machine a benchmark ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available to this process.
+    pub cores: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Total memory in GiB, from /proc/meminfo.
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    /// Reads the machine description from /proc (fields are "unknown" when unreadable).
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0)
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel,
+            memory_gib,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Samples taken.
+    pub samples: u64,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Maximum, µs.
+    pub max_us: f64,
+}
+
+/// A histogram of durations recorded in nanoseconds (1 ns .. 60 s, 3 significant digits).
+pub struct Recorder(Histogram<u64>);
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder(Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"))
+    }
+}
+
+impl Recorder {
+    /// Records one sample (clamped into range).
+    pub fn record(&mut self, d: Duration) {
+        let ns = (d.as_nanos() as u64).clamp(1, 60_000_000_000);
+        self.0.record(ns).expect("clamped into bounds");
+    }
+
+    /// Records a sample given in microseconds.
+    pub fn record_us(&mut self, us: u64) {
+        self.record(Duration::from_micros(us));
+    }
+
+    /// The percentiles.
+    pub fn latency(&self) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            samples: self.0.len(),
+            p50_us: us(self.0.value_at_quantile(0.5)),
+            p99_us: us(self.0.value_at_quantile(0.99)),
+            max_us: us(self.0.max()),
+        }
+    }
+}
+
+/// Writes `text` to `path`, creating parent directories.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_report(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
+}

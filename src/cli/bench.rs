@@ -1,7 +1,109 @@
-use super::Ctx;
+//! `relay bench mailbox`: measure the durable mailbox and write bench/results/mailbox.md.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Ctx, EXIT_OK, output};
+use crate::bench::{self, mailbox};
+
+/// Arguments of `relay bench`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// What to measure.
+    #[command(subcommand)]
+    pub what: What,
+}
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// Durable send latency, batched send and fetch+ack throughput, cross-process wake-up,
+    /// each with a baseline from the same run.
+    Mailbox(MailboxArgs),
+}
+
+/// Arguments of `relay bench mailbox`.
 #[derive(Debug, clap::Args)]
-pub struct ChildArgs {}
-pub(crate) fn run(_ctx: &Ctx, _a: Args) -> anyhow::Result<u8> { Ok(0) }
-pub(crate) fn child(_ctx: &Ctx, _a: ChildArgs) -> anyhow::Result<u8> { Ok(0) }
+pub struct MailboxArgs {
+    /// Sends per latency phase (wake-up uses N/4, at least 100).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+    pub n: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/mailbox.md")]
+    pub out: PathBuf,
+}
+
+/// Role of a benchmark child process.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    /// Blocks in `wait` and reports wake-up latency per message.
+    Waiter,
+    /// Echoes 8-byte pings over a Unix socket.
+    Echo,
+}
+
+/// Arguments of the hidden `relay bench-child`.
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    /// What this process does.
+    #[arg(value_enum)]
+    pub role: Role,
+    /// How many messages or pings.
+    #[arg(long)]
+    pub count: usize,
+    /// Socket path (echo).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+struct Bar(ProgressBar);
+
+impl mailbox::Progress for Bar {
+    fn phase(&self, name: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(name.to_string());
+    }
+    fn step(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let What::Mailbox(m) = a.what;
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{msg:<34} {bar:30} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let report = mailbox::run(m.n as usize, &Bar(bar.clone()))?;
+    bar.finish_and_clear();
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let md = mailbox::markdown(&report, &when);
+    bench::write_report(&m.out, &md)?;
+    output::emit(ctx.json, &report, || {
+        format!("{md}\nwritten to {}", m.out.display())
+    });
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
+    match a.role {
+        Role::Waiter => {
+            let store = ctx.store()?;
+            let me = ctx.me(&store)?;
+            mailbox::child_waiter(&store, &me, a.count)?;
+        }
+        Role::Echo => {
+            let socket = a
+                .socket
+                .ok_or_else(|| super::UsageError("echo needs --socket".into()))?;
+            mailbox::child_echo(&socket, a.count)?;
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -122,8 +122,10 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
                 if reply.reply_to.as_deref() != Some(req.receipt.id.as_str()) {
                     bail!("reply {} does not answer {}", reply.id, req.receipt.id);
                 }
-                emit_line(&json!({"round": round, "request": req.receipt.id, "reply": reply.id,
-                    "question": q, "answer": reply.text(), "rtt_us": now_us() - t0}))?;
+                emit_line(
+                    &json!({"round": round, "request": req.receipt.id, "reply": reply.id,
+                    "question": q, "answer": reply.text(), "rtt_us": now_us() - t0}),
+                )?;
             }
         }
         Role::Answer => {
@@ -155,7 +157,10 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             while seen < a.count {
                 let got = store.wait(&me.id, &any, Duration::from_secs(20))?;
                 if got.is_empty() {
-                    bail!("sink: no mail for 20 s after {seen} of {} messages", a.count);
+                    bail!(
+                        "sink: no mail for 20 s after {seen} of {} messages",
+                        a.count
+                    );
                 }
                 let now = now_us();
                 for m in &got {
@@ -270,7 +275,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             output::line(&s);
         }
     };
-    say(format!("relay demo — fresh RELAY_HOME at {}", config.home.display()));
+    say(format!(
+        "relay demo — fresh RELAY_HOME at {}",
+        config.home.display()
+    ));
     let register = |name: &str| {
         store.register(&Registration {
             name: Some(name.into()),
@@ -322,10 +330,18 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         )
     };
     let deadline = Instant::now() + CHILD_DEADLINE;
-    let sink = spawn(&config, &child_args("sink", "sink", "sender-0", total as u32))?;
+    let sink = spawn(
+        &config,
+        &child_args("sink", "sink", "sender-0", total as u32),
+    )?;
     let start = Instant::now();
     let senders: Vec<Proc> = (0..a.senders)
-        .map(|s| spawn(&config, &child_args("sender", &format!("sender-{s}"), "sink", a.per_sender)))
+        .map(|s| {
+            spawn(
+                &config,
+                &child_args("sender", &format!("sender-{s}"), "sink", a.per_sender),
+            )
+        })
         .collect::<anyhow::Result<_>>()?;
     let mut received: Vec<String> = Vec::with_capacity(total as usize);
     let mut latency = Histogram::<u64>::new(3)?;
@@ -379,16 +395,26 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     output::emit(ctx.json, &s, || {
         format!(
             "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
-            "messages sent", s.sent,
-            "delivered", s.delivered,
-            "acked", s.acked,
-            "lost", s.lost,
-            "duplicated", s.duplicated,
-            "send→receive p50", format!("{} µs", s.latency_p50_us),
-            "send→receive p99", format!("{} µs", s.latency_p99_us),
-            "send→receive max", format!("{} µs", s.latency_max_us),
-            "throughput (msgs/s)", s.throughput_msgs_per_s,
-            "conversation RTT p50", format!("{} µs", s.conversation_rtt_p50_us),
+            "messages sent",
+            s.sent,
+            "delivered",
+            s.delivered,
+            "acked",
+            s.acked,
+            "lost",
+            s.lost,
+            "duplicated",
+            s.duplicated,
+            "send→receive p50",
+            format!("{} µs", s.latency_p50_us),
+            "send→receive p99",
+            format!("{} µs", s.latency_p99_us),
+            "send→receive max",
+            format!("{} µs", s.latency_max_us),
+            "throughput (msgs/s)",
+            s.throughput_msgs_per_s,
+            "conversation RTT p50",
+            format!("{} µs", s.conversation_rtt_p50_us),
         )
     });
     if a.keep {

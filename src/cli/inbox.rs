@@ -61,7 +61,11 @@ pub(crate) fn fetch_request(
             FetchMode::Peek
         } else {
             FetchMode::Deliver {
-                lease: if lease.is_zero() { DEFAULT_LEASE } else { lease },
+                lease: if lease.is_zero() {
+                    DEFAULT_LEASE
+                } else {
+                    lease
+                },
             }
         },
         filter: Filter { from, thread },
@@ -98,7 +102,14 @@ pub(crate) fn print_then_ack(
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let req = fetch_request(&store, a.limit, a.peek, a.lease, a.from.as_deref(), a.thread)?;
+    let req = fetch_request(
+        &store,
+        a.limit,
+        a.peek,
+        a.lease,
+        a.from.as_deref(),
+        a.thread,
+    )?;
     let messages = store.fetch(&me.id, &req)?;
     print_then_ack(ctx, &store, &me.id, messages, !a.peek && !a.no_ack)?;
     Ok(EXIT_OK)

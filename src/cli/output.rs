@@ -23,7 +23,8 @@ pub(crate) fn line(text: &str) {
 
 /// Serializes `doc` (an object) with `"ok": true` added.
 pub(crate) fn ok_document(doc: &impl Serialize) -> Value {
-    let mut v = serde_json::to_value(doc).unwrap_or_else(|e| json!({"serialize_error": e.to_string()}));
+    let mut v =
+        serde_json::to_value(doc).unwrap_or_else(|e| json!({"serialize_error": e.to_string()}));
     if let Value::Object(m) = &mut v {
         m.insert("ok".into(), Value::Bool(true));
     }
@@ -64,7 +65,11 @@ pub(crate) fn messages(msgs: &[crate::store::Message]) -> String {
     let mut s = String::new();
     for m in msgs {
         let from = m.from_name.as_deref().unwrap_or(&m.from);
-        s.push_str(&format!("── from {from} · {} · id {}", time(m.created_at), m.id));
+        s.push_str(&format!(
+            "── from {from} · {} · id {}",
+            time(m.created_at),
+            m.id
+        ));
         if let Some(t) = &m.thread {
             s.push_str(&format!(" · thread {t}"));
         }

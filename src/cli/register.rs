@@ -7,8 +7,10 @@ use crate::store::{Kind, Registration, Store};
 
 /// Arguments of `relay register`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Names: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, \
-not UUID-shaped. Registering a name another endpoint holds moves it (and says so).")]
+#[command(
+    after_help = "Names: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, \
+not UUID-shaped. Registering a name another endpoint holds moves it (and says so)."
+)]
 pub struct Args {
     /// The name to hold.
     pub name: String,

@@ -23,7 +23,10 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
         if doc.endpoints.is_empty() {
             return "no endpoints yet; create one with `relay register NAME`".into();
         }
-        let mut s = format!("{:<20} {:<36} {:<12} {:>7}  CWD\n", "NAME", "ID", "KIND", "PENDING");
+        let mut s = format!(
+            "{:<20} {:<36} {:<12} {:>7}  CWD\n",
+            "NAME", "ID", "KIND", "PENDING"
+        );
         for r in &doc.endpoints {
             let e = &r.endpoint;
             s.push_str(&format!(

@@ -11,9 +11,11 @@ use crate::store::{MAX_WAIT, Store};
 
 /// Arguments of `relay wait`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status 4 (and \"timed_out\": true with --json) when no \
+#[command(
+    after_help = "Exit status 4 (and \"timed_out\": true with --json) when no \
 matching message arrived in time. Example, answering requests in a loop:
-  while relay wait --as bob --timeout 5m --thread build; do ...; done")]
+  while relay wait --as bob --timeout 5m --thread build; do ...; done"
+)]
 pub struct Args {
     /// How long to wait, at most 300s (e.g. 30s, 5m).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -55,7 +57,14 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let req = fetch_request(&store, a.limit, a.peek, a.lease, a.from.as_deref(), a.thread)?;
+    let req = fetch_request(
+        &store,
+        a.limit,
+        a.peek,
+        a.lease,
+        a.from.as_deref(),
+        a.thread,
+    )?;
     let messages = store.wait(&me.id, &req, a.timeout)?;
     if messages.is_empty() {
         let doc = TimedOut {
@@ -63,7 +72,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             timed_out: true,
             waited_ms: a.timeout.as_millis(),
         };
-        output::emit(ctx.json, &doc, || String::new());
+        output::emit(ctx.json, &doc, String::new);
         eprintln!(
             "relay: no mail for {} within {}",
             me.display_name(),
@@ -71,6 +80,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_TIMEOUT);
     }
-    print_then_ack(ctx, &store as &dyn Store, &me.id, messages, !a.peek && !a.no_ack)?;
+    print_then_ack(
+        ctx,
+        &store as &dyn Store,
+        &me.id,
+        messages,
+        !a.peek && !a.no_ack,
+    )?;
     Ok(EXIT_OK)
 }

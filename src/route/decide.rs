@@ -125,7 +125,11 @@ mod tests {
         let cap = 100;
         let mut seen_decisions = Vec::new();
         let mut cells = 0;
-        for resolution in [Resolution::Found, Resolution::Unknown, Resolution::Ambiguous] {
+        for resolution in [
+            Resolution::Found,
+            Resolution::Unknown,
+            Resolution::Ambiguous,
+        ] {
             for consumes_mailbox in [true, false] {
                 for body_len in [0, cap, cap + 1] {
                     for intent in Intent::ALL {

@@ -1,19 +1,21 @@
 //! Doorbells: how a waiter learns that mail arrived without polling the database.
 //!
 //! Each recipient has a file `$RELAY_HOME/doorbell/<endpoint id>`. After a commit that
-//! queues mail, the sender opens and closes the recipient's file; a waiter watches that one
-//! file with inotify (through the `notify` crate) and wakes on any event. The watch is set
-//! up *before* the waiter's first look at the database, so a message committed between the
-//! look and the sleep still rings. If a watch cannot be made (inotify limits), the waiter
-//! falls back to a short poll and says so once in the log.
+//! queues mail, the sender opens and closes the recipient's file for writing; a waiter
+//! holds an inotify watch for `IN_CLOSE_WRITE` on that one file and sleeps in `poll(2)` on
+//! the inotify descriptor — no helper thread, so a ring wakes the waiting thread directly.
+//! Every waiter on the file wakes (inotify fans out), and the watch is made *before* the
+//! waiter's first look at the database, so a commit between look and sleep still rings.
+//! If no watch can be made (inotify limits), the waiter falls back to a short poll and
+//! says so once in the log.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use notify::Watcher;
+use inotify::{Inotify, WatchMask};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::Error;
 
@@ -58,48 +60,55 @@ impl Doorbells {
     /// Starts listening for rings of one recipient's doorbell.
     pub(crate) fn listen(&self, endpoint_id: &str) -> Listener {
         let path = self.path(endpoint_id);
-        let (tx, rx) = mpsc::channel();
-        let watcher = Self::touch(&path)
-            .map_err(notify::Error::io)
-            .and_then(|()| notify::recommended_watcher(tx))
-            .and_then(|mut w| {
-                w.watch(&path, notify::RecursiveMode::NonRecursive)?;
-                Ok(w)
-            });
-        match watcher {
-            Ok(w) => Listener {
-                watcher: Some(w),
-                rx,
+        let watch = Self::touch(&path).and_then(|()| {
+            let inotify = Inotify::init()?;
+            inotify.watches().add(&path, WatchMask::CLOSE_WRITE)?;
+            Ok(inotify)
+        });
+        match watch {
+            Ok(inotify) => Listener {
+                inotify: Some(inotify),
             },
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e,
                     "doorbell watch failed; falling back to polling every 50 ms");
-                Listener { watcher: None, rx }
+                Listener { inotify: None }
             }
         }
     }
 }
 
-/// A live watch on one doorbell. Dropping it removes the watch.
+/// A live watch on one doorbell. Dropping it closes the inotify descriptor.
+#[derive(Debug)]
 pub(crate) struct Listener {
-    watcher: Option<notify::RecommendedWatcher>,
-    rx: mpsc::Receiver<notify::Result<notify::Event>>,
+    inotify: Option<Inotify>,
 }
 
 impl Listener {
     /// Sleeps until the bell rings or `timeout` passes. Rings that queued up meanwhile are
     /// drained, so one wake-up covers them all.
-    pub(crate) fn wait(&self, timeout: Duration) {
-        if self.watcher.is_none() {
+    pub(crate) fn wait(&mut self, timeout: Duration) {
+        let Some(inotify) = self.inotify.as_mut() else {
             std::thread::sleep(timeout.min(FALLBACK_POLL));
             return;
+        };
+        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(&*inotify, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "doorbell poll failed; sleeping instead");
+                std::thread::sleep(timeout.min(FALLBACK_POLL));
+            }
         }
-        match self.rx.recv_timeout(timeout) {
-            Ok(_) => while self.rx.try_recv().is_ok() {},
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // The watcher's thread is gone: degrade to polling rather than spin.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(timeout.min(FALLBACK_POLL))
+        // The descriptor is non-blocking: this empties the queue and returns.
+        let mut buf = [0u8; 1024];
+        while let Ok(mut events) = inotify.read_events(&mut buf) {
+            if events.next().is_none() {
+                break;
             }
         }
     }
@@ -116,8 +125,8 @@ mod tests {
     fn a_ring_from_another_thread_ends_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let bells = Doorbells::new(dir.path().join("bells")).unwrap();
-        let listener = bells.listen("ep1");
-        assert!(listener.watcher.is_some(), "inotify watch was made");
+        let mut listener = bells.listen("ep1");
+        assert!(listener.inotify.is_some(), "inotify watch was made");
         let other = bells.clone();
         let ringer = std::thread::spawn(move || other.ring("ep1"));
         let start = Instant::now();
@@ -130,7 +139,7 @@ mod tests {
     fn a_ring_for_someone_else_does_not_wake() {
         let dir = tempfile::tempdir().unwrap();
         let bells = Doorbells::new(dir.path().join("bells")).unwrap();
-        let listener = bells.listen("ep1");
+        let mut listener = bells.listen("ep1");
         bells.ring("ep2");
         let start = Instant::now();
         listener.wait(Duration::from_millis(300));

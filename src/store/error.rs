@@ -55,7 +55,9 @@ pub enum Error {
         rule: String,
     },
     /// No endpoint has this name, id or id prefix.
-    #[error("no endpoint is named or has an id starting with '{query}'; see `relay roster`, or `relay register {query}`")]
+    #[error(
+        "no endpoint is named or has an id starting with '{query}'; see `relay roster`, or `relay register {query}`"
+    )]
     UnknownEndpoint {
         /// What was looked up.
         query: String,
@@ -83,7 +85,9 @@ pub enum Error {
         count: usize,
     },
     /// A body is larger than the cap. Nothing was written.
-    #[error("body is {size} bytes, over the {cap}-byte cap (RELAY_MAX_BODY); send less, or stream it")]
+    #[error(
+        "body is {size} bytes, over the {cap}-byte cap (RELAY_MAX_BODY); send less, or stream it"
+    )]
     TooLarge {
         /// Body size in bytes.
         size: usize,

@@ -4,6 +4,7 @@
 //! `full`). Every write is one `BEGIN IMMEDIATE` transaction, so concurrent processes
 //! serialize on the write lock instead of failing on a read→write upgrade.
 
+use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -12,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::doorbell::Doorbells;
+use super::doorbell::{Doorbells, Listener};
 use super::*;
 use crate::clock::now_ms;
 use crate::config::{Config, Durability};
 
 /// How long a writer waits for another process's write lock: 5 s.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest sleep between retries of a busy write lock.
+const BUSY_FIRST_NAP: Duration = Duration::from_micros(20);
+const BUSY_LONGEST_NAP: Duration = Duration::from_millis(2);
 /// Longest a waiter sleeps between looks at the database when no doorbell rings. The
 /// doorbell is the wake-up; this only bounds the damage of a lost ring.
 const BACKSTOP_POLL: Duration = Duration::from_secs(2);
@@ -35,6 +39,9 @@ const RECEIPT_COLS: &str = "m.id, m.sender, m.recipient, e.name, m.thread, m.sta
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     bells: Doorbells,
+    /// Doorbell watches kept between waits, so a process that waits in a loop pays for an
+    /// inotify watch (a thread and a watch descriptor) once, not per wait.
+    listeners: Mutex<HashMap<String, Listener>>,
     max_body: usize,
 }
 
@@ -74,7 +81,7 @@ impl SqliteStore {
         schema::check_header(&path)?;
         Self::create_private_file(&path)?;
         let mut conn = Connection::open(&path).map_err(|e| not_a_db(e, &path))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_handler(Some(busy_backoff()))?;
         // Version first: a newer database must be refused before anything could write.
         schema::check_version(&conn, &path).map_err(|e| not_a_db_err(e, &path))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -90,6 +97,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             bells: Doorbells::new(config.doorbell_dir())?,
+            listeners: Mutex::new(HashMap::new()),
             max_body: config.max_body,
         })
     }
@@ -134,6 +142,52 @@ impl SqliteStore {
              AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3)",
         )?;
         Ok(stmt.query_row(params![recipient, filter.from, filter.thread], |r| r.get(0))?)
+    }
+
+    /// The wait loop: look, then sleep until the bell, a lease expiry, the backstop poll
+    /// or the deadline, whichever is first.
+    fn wait_with(
+        &self,
+        recipient: &str,
+        req: &Fetch,
+        deadline: Instant,
+        bell: &mut Listener,
+    ) -> Result<Vec<Message>> {
+        loop {
+            let got = self.fetch(recipient, req)?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            let mut nap = (deadline - now).min(BACKSTOP_POLL);
+            if let Some(at) = self.next_lease_expiry(recipient, &req.filter)? {
+                let until = Duration::from_millis((at - now_ms()).max(0) as u64);
+                nap = nap.min(until + Duration::from_millis(1));
+            }
+            bell.wait(nap);
+        }
+    }
+}
+
+/// The busy handler: retry for up to [`BUSY_TIMEOUT`], sleeping 20 µs, 40 µs, … up to
+/// 2 ms between tries. SQLite's own `busy_timeout` starts at 1 ms and climbs to 100 ms,
+/// which dominates latency when a waiter and a sender touch the lock at the same moment;
+/// write transactions here last tens of microseconds, so short naps win.
+fn busy_backoff() -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut started = Instant::now();
+    move |count| {
+        if count == 0 {
+            started = Instant::now();
+        }
+        if started.elapsed() >= BUSY_TIMEOUT {
+            return false;
+        }
+        let nap = BUSY_FIRST_NAP.saturating_mul(1 << count.clamp(0, 16) as u32);
+        std::thread::sleep(nap.min(BUSY_LONGEST_NAP));
+        true
     }
 }
 
@@ -322,8 +376,7 @@ impl Store for SqliteStore {
         if query.len() < MIN_PREFIX {
             return Ok(Lookup::Unknown);
         }
-        let sql =
-            format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE {PREFIX_RANGE} ORDER BY id");
+        let sql = format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE {PREFIX_RANGE} ORDER BY id");
         let mut matches: Vec<Endpoint> = conn
             .prepare_cached(&sql)?
             .query_map([query], endpoint_row)?
@@ -453,6 +506,19 @@ impl Store for SqliteStore {
             FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
             _ => 0, // not bound: only Deliver's statement has ?6
         };
+        // Most looks by a waiter find nothing: answer those from a read snapshot, which in
+        // WAL mode never contends for the write lock with senders.
+        {
+            let conn = self.conn();
+            let probe = format!("SELECT EXISTS (SELECT 1 FROM messages WHERE {pending})");
+            let any: bool = conn.prepare_cached(&probe)?.query_row(
+                params![recipient, now, req.filter.from, req.filter.thread],
+                |r| r.get(0),
+            )?;
+            if !any {
+                return Ok(Vec::new());
+            }
+        }
         let sql = format!(
             "UPDATE messages SET {set}, delivered_at = coalesce(delivered_at, ?2), \
                deliveries = deliveries + 1 \
@@ -511,10 +577,13 @@ impl Store for SqliteStore {
                 ))
             };
             for given in ids {
-                let mut found: Vec<(String, String, String)> =
-                    exact.query_map([given], row)?.collect::<rusqlite::Result<_>>()?;
+                let mut found: Vec<(String, String, String)> = exact
+                    .query_map([given], row)?
+                    .collect::<rusqlite::Result<_>>()?;
                 if found.is_empty() && given.len() >= MIN_PREFIX {
-                    found = find.query_map([given], row)?.collect::<rusqlite::Result<_>>()?;
+                    found = find
+                        .query_map([given], row)?
+                        .collect::<rusqlite::Result<_>>()?;
                 }
                 let outcome = match found.as_slice() {
                     [] => AckOutcome::Unknown,
@@ -541,8 +610,9 @@ impl Store for SqliteStore {
 
     fn receipt(&self, id: &str) -> Result<Receipt> {
         let conn = self.conn();
-        let base =
-            format!("SELECT {RECEIPT_COLS} FROM messages m LEFT JOIN endpoints e ON e.id = m.recipient");
+        let base = format!(
+            "SELECT {RECEIPT_COLS} FROM messages m LEFT JOIN endpoints e ON e.id = m.recipient"
+        );
         let exact: Option<Receipt> = conn
             .prepare_cached(&format!("{base} WHERE m.id = ?1"))?
             .query_row([id], receipt_row)
@@ -575,23 +645,20 @@ impl Store for SqliteStore {
     fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>> {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         // Listen before the first look, so a commit between look and sleep still wakes us.
-        let bell = self.bells.listen(recipient);
-        loop {
-            let got = self.fetch(recipient, req)?;
-            if !got.is_empty() {
-                return Ok(got);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(got);
-            }
-            let mut nap = (deadline - now).min(BACKSTOP_POLL);
-            if let Some(at) = self.next_lease_expiry(recipient, &req.filter)? {
-                let until = Duration::from_millis((at - now_ms()).max(0) as u64);
-                nap = nap.min(until + Duration::from_millis(1));
-            }
-            bell.wait(nap);
-        }
+        // A kept watch has been listening all along; rings it saw while nobody waited only
+        // cost one extra look. Concurrent waiters on one recipient each get their own.
+        let kept = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(recipient);
+        let mut bell = kept.unwrap_or_else(|| self.bells.listen(recipient));
+        let result = self.wait_with(recipient, req, deadline, &mut bell);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(recipient.to_string(), bell);
+        result
     }
 
     fn gc(&self, acked_before: Duration) -> Result<GcReport> {

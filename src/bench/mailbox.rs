@@ -1,0 +1,406 @@
+//! `relay bench mailbox`: what the durable mailbox costs.
+//!
+//! - **send latency** — one `route::send` (resolve, decide, one `BEGIN IMMEDIATE`
+//!   transaction, doorbell ring), 256-byte body, `synchronous=NORMAL` and `FULL`;
+//!   baseline: a raw SQLite `INSERT` of the same row in its own transaction, same pragmas.
+//! - **batched send** — `enqueue_batch` of 100 messages per transaction, messages/s.
+//! - **fetch + ack** — `fetch` 100 under a lease, then `ack` them, messages/s.
+//! - **wake-up** — a sender process stamps the time and sends; a separate waiter process
+//!   blocked in `wait` prints how long until it held the message. Baseline: one-way latency
+//!   (round trip / 2) of an 8-byte ping-pong over a raw Unix socket between two processes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::{Latency, Machine, Recorder};
+use crate::clock::{now_ms, now_us};
+use crate::config::{Config, Durability};
+use crate::route::{self, SendRequest};
+use crate::store::{
+    Endpoint, Fetch, FetchMode, Filter, Intent, NewMessage, Registration, SqliteStore, Store,
+    TEXT_PLAIN,
+};
+
+/// Body size used throughout, bytes.
+pub const BODY_BYTES: usize = 256;
+/// Messages per transaction in the batched-send phase.
+pub const BATCH: usize = 100;
+
+/// Everything `relay bench mailbox` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// Sends per latency phase.
+    pub n: usize,
+    /// `route::send`, synchronous=NORMAL.
+    pub send_normal: Latency,
+    /// `route::send`, synchronous=FULL.
+    pub send_full: Latency,
+    /// Baseline: raw SQLite insert, one row per transaction, synchronous=NORMAL.
+    pub baseline_insert_normal: Latency,
+    /// Batched send throughput, messages/s.
+    pub batched_send_per_s: f64,
+    /// Fetch + ack throughput, messages/s.
+    pub fetch_ack_per_s: f64,
+    /// Send in one process → `wait` returns in another.
+    pub wake: Latency,
+    /// Baseline: raw Unix-socket one-way latency between two processes (RTT / 2).
+    pub baseline_socket_one_way: Latency,
+}
+
+fn endpoint(store: &dyn Store, name: &str) -> anyhow::Result<Endpoint> {
+    Ok(store
+        .register(&Registration {
+            name: Some(name.into()),
+            ..Default::default()
+        })?
+        .endpoint)
+}
+
+fn body(stamp: u64) -> Vec<u8> {
+    let mut b = format!("{stamp} ").into_bytes();
+    b.resize(BODY_BYTES, b'x');
+    b
+}
+
+fn send_latency(
+    home: &Path,
+    durability: Durability,
+    n: usize,
+    tick: &dyn Fn(),
+) -> anyhow::Result<Latency> {
+    let mut cfg = Config::at(home);
+    cfg.durability = durability;
+    let store = SqliteStore::open(&cfg)?;
+    let from = endpoint(&store, "bench-from")?;
+    endpoint(&store, "bench-to")?;
+    let mut rec = Recorder::default();
+    for i in 0..n {
+        let req = SendRequest {
+            from: from.clone(),
+            to: "bench-to".into(),
+            body: body(i as u64),
+            content_type: TEXT_PLAIN.into(),
+            intent: Intent::Notify,
+            thread: None,
+            reply_to: None,
+            ttl: None,
+        };
+        let t = Instant::now();
+        route::send(&store, req)?;
+        rec.record(t.elapsed());
+        tick();
+    }
+    Ok(rec.latency())
+}
+
+fn baseline_insert(dir: &Path, n: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
+    let mut conn = Connection::open(dir.join("baseline.db"))?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE m (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, \
+         sender TEXT, recipient TEXT, body BLOB, created_at INTEGER)",
+    )?;
+    let mut rec = Recorder::default();
+    for i in 0..n {
+        let id = uuid::Uuid::now_v7().to_string();
+        let b = body(i as u64);
+        let t = Instant::now();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "INSERT INTO m (id, sender, recipient, body, created_at) VALUES (?1, 'a', 'b', ?2, ?3)",
+        )?
+        .execute(params![id, b, now_ms()])?;
+        tx.commit()?;
+        rec.record(t.elapsed());
+        tick();
+    }
+    Ok(rec.latency())
+}
+
+fn throughput(home: &Path, n: usize, tick: &dyn Fn(u64)) -> anyhow::Result<(f64, f64)> {
+    let store = SqliteStore::open(&Config::at(home))?;
+    let from = endpoint(&store, "tp-from")?;
+    let to = endpoint(&store, "tp-to")?;
+    let batches = n.div_ceil(BATCH);
+    let t = Instant::now();
+    for _ in 0..batches {
+        let msgs: Vec<NewMessage> = (0..BATCH)
+            .map(|i| NewMessage {
+                from: from.id.clone(),
+                to: to.id.clone(),
+                thread: None,
+                reply_to: None,
+                intent: Intent::Notify,
+                content_type: TEXT_PLAIN.into(),
+                body: body(i as u64),
+                expires_at: None,
+            })
+            .collect();
+        store.enqueue_batch(&msgs)?;
+        tick(BATCH as u64);
+    }
+    let total = (batches * BATCH) as f64;
+    let send_rate = total / t.elapsed().as_secs_f64();
+    let req = Fetch {
+        limit: BATCH,
+        mode: FetchMode::Deliver {
+            lease: Duration::from_secs(60),
+        },
+        filter: Filter::default(),
+    };
+    let t = Instant::now();
+    let mut done = 0;
+    loop {
+        let got = store.fetch(&to.id, &req)?;
+        if got.is_empty() {
+            break;
+        }
+        let ids: Vec<String> = got.into_iter().map(|m| m.id).collect();
+        store.ack(Some(&to.id), &ids)?;
+        done += ids.len();
+        tick(ids.len() as u64);
+    }
+    if done != batches * BATCH {
+        bail!("fetch+ack saw {done} of {} messages", batches * BATCH);
+    }
+    Ok((send_rate, done as f64 / t.elapsed().as_secs_f64()))
+}
+
+fn spawn_child(
+    home: &Path,
+    args: &[&str],
+) -> anyhow::Result<(std::process::Child, mpsc::Receiver<String>)> {
+    let exe = std::env::current_exe().context("cannot find the relay binary")?;
+    let mut child = Command::new(exe)
+        .arg("bench-child")
+        .args(args)
+        .env("RELAY_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the benchmark child")?;
+    let out = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+const CHILD_DEADLINE: Duration = Duration::from_secs(30);
+
+fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
+    let store = SqliteStore::open(&Config::at(home))?;
+    let from = endpoint(&store, "wake-from")?;
+    endpoint(&store, "wake-to")?;
+    let (mut child, lines) = spawn_child(
+        home,
+        &["waiter", "--as", "wake-to", "--count", &k.to_string()],
+    )?;
+    let mut rec = Recorder::default();
+    // The first line says the waiter is up, so process start is not measured.
+    lines
+        .recv_timeout(CHILD_DEADLINE)
+        .context("waiter did not start")?;
+    for _ in 0..k {
+        route::send(
+            &store,
+            SendRequest {
+                from: from.clone(),
+                to: "wake-to".into(),
+                body: body(now_us()),
+                content_type: TEXT_PLAIN.into(),
+                intent: Intent::Notify,
+                thread: None,
+                reply_to: None,
+                ttl: None,
+            },
+        )?;
+        let line = lines
+            .recv_timeout(CHILD_DEADLINE)
+            .context("waiter stopped answering")?;
+        rec.record_us(line.trim().parse().context("waiter printed no latency")?);
+        tick();
+    }
+    child.wait()?;
+    Ok(rec.latency())
+}
+
+fn socket_baseline(dir: &Path, k: usize) -> anyhow::Result<Latency> {
+    let path: PathBuf = dir.join("echo.sock");
+    let listener = UnixListener::bind(&path)?;
+    let (mut child, _lines) = spawn_child(
+        dir,
+        &[
+            "echo",
+            "--socket",
+            &path.to_string_lossy(),
+            "--count",
+            &k.to_string(),
+        ],
+    )?;
+    let (mut s, _) = listener.accept()?;
+    s.set_read_timeout(Some(CHILD_DEADLINE))?;
+    let mut rec = Recorder::default();
+    let mut buf = [0u8; 8];
+    for i in 0..k as u64 {
+        let t = Instant::now();
+        s.write_all(&i.to_le_bytes())?;
+        s.read_exact(&mut buf)?;
+        rec.record(t.elapsed() / 2);
+    }
+    child.wait()?;
+    Ok(rec.latency())
+}
+
+/// The waiter child: prints "ready", then for each of `count` messages the microseconds
+/// from the sender's stamp (first word of the body) to holding it.
+///
+/// # Errors
+/// Store errors, or no message within 30 s.
+pub fn child_waiter(store: &dyn Store, me: &Endpoint, count: usize) -> anyhow::Result<()> {
+    let req = Fetch {
+        limit: 1,
+        mode: FetchMode::Take,
+        filter: Filter::default(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for _ in 0..count {
+        let got = store.wait(&me.id, &req, CHILD_DEADLINE)?;
+        let now = now_us();
+        let Some(m) = got.first() else {
+            bail!("waiter: no message within {CHILD_DEADLINE:?}");
+        };
+        let stamp: u64 = m
+            .text()
+            .split(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(now);
+        writeln!(out, "{}", now.saturating_sub(stamp))?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The echo child: connects to `socket` and echoes `count` 8-byte pings.
+///
+/// # Errors
+/// Socket errors.
+pub fn child_echo(socket: &Path, count: usize) -> anyhow::Result<()> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(CHILD_DEADLINE))?;
+    let mut buf = [0u8; 8];
+    for _ in 0..count {
+        s.read_exact(&mut buf)?;
+        s.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Progress callbacks: (phase name, total steps) to start a phase, then steps done.
+pub trait Progress {
+    /// A phase of `total` steps begins.
+    fn phase(&self, name: &str, total: u64);
+    /// `n` steps of the current phase are done.
+    fn step(&self, n: u64);
+}
+
+/// Runs every phase with `n` sends per latency phase (wake-up and socket use `n / 4`,
+/// at least 100). Works in a temporary directory that is removed afterwards.
+///
+/// # Errors
+/// Any store, process or socket failure.
+pub fn run(n: usize, progress: &dyn Progress) -> anyhow::Result<Report> {
+    let tmp = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
+    let dir = tmp.path();
+    let k = (n / 4).max(100);
+    let tick = || progress.step(1);
+    progress.phase("send (synchronous=NORMAL)", n as u64);
+    let send_normal = send_latency(&dir.join("normal"), Durability::Normal, n, &tick)?;
+    progress.phase("baseline: raw SQLite insert", n as u64);
+    let baseline_insert_normal = baseline_insert(dir, n, &tick)?;
+    progress.phase("send (synchronous=FULL)", k as u64);
+    let send_full = send_latency(&dir.join("full"), Durability::Full, k, &tick)?;
+    progress.phase(
+        "batched send, then fetch + ack",
+        2 * n.div_ceil(BATCH) as u64 * BATCH as u64,
+    );
+    let (batched_send_per_s, fetch_ack_per_s) =
+        throughput(&dir.join("tp"), n, &|c| progress.step(c))?;
+    progress.phase("wake-up across processes", k as u64);
+    let wake = wake(&dir.join("wake"), k, &tick)?;
+    progress.phase("baseline: raw Unix socket", 1);
+    let baseline_socket_one_way = socket_baseline(dir, k.max(1000))?;
+    progress.step(1);
+    Ok(Report {
+        machine: Machine::detect(),
+        n,
+        send_normal,
+        send_full,
+        baseline_insert_normal,
+        batched_send_per_s,
+        fetch_ack_per_s,
+        wake,
+        baseline_socket_one_way,
+    })
+}
+
+/// The report as Markdown, for bench/results/mailbox.md.
+pub fn markdown(r: &Report, when: &str) -> String {
+    let row = |name: &str, l: &Latency| {
+        format!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} |\n",
+            l.samples, l.p50_us, l.p99_us, l.max_us
+        )
+    };
+    let m = &r.machine;
+    let mut s = format!(
+        "# relay bench mailbox\n\nMeasured {when} with `relay bench mailbox --n {}` (release build).\n\n\
+         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
+         ## Latency (µs)\n\n| what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n",
+        r.n, m.cores, m.cpu, m.memory_gib, m.kernel
+    );
+    s += &row("relay send, synchronous=NORMAL", &r.send_normal);
+    s += &row(
+        "baseline: raw SQLite insert, NORMAL",
+        &r.baseline_insert_normal,
+    );
+    s += &row("relay send, synchronous=FULL", &r.send_full);
+    s += &row("wake-up: send → wait returns (2 processes)", &r.wake);
+    s += &row(
+        "baseline: raw Unix socket one-way",
+        &r.baseline_socket_one_way,
+    );
+    s += &format!(
+        "\n## Throughput\n\n| what | messages/s |\n|---|---|\n\
+         | batched send ({BATCH} per transaction) | {:.0} |\n| fetch + ack ({BATCH} per call) | {:.0} |\n",
+        r.batched_send_per_s, r.fetch_ack_per_s
+    );
+    s += &format!(
+        "\nBody {BODY_BYTES} bytes. Anchor: mcp_agent_mail_rust budgets 11.7 ms p50 to write one \
+         message; relay's goal is ≤ 1 ms p50 with synchronous=NORMAL (measured: {:.1} µs, \
+         {:.2}× the raw SQLite insert).\n",
+        r.send_normal.p50_us,
+        r.send_normal.p50_us / r.baseline_insert_normal.p50_us.max(0.001)
+    );
+    s
+}
