@@ -40,6 +40,9 @@ pub(crate) struct Doc {
     pub messages: Vec<Message>,
     /// Whether the listed messages were acked after printing.
     pub acked: bool,
+    /// `wait` only: false (a timed-out wait prints its own document).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
 }
 
 /// Builds the fetch request shared by `inbox` and `wait`.
@@ -79,11 +82,13 @@ pub(crate) fn print_then_ack(
     me: &str,
     messages: Vec<Message>,
     ack: bool,
+    timed_out: Option<bool>,
 ) -> anyhow::Result<()> {
     let ack = ack && !messages.is_empty();
     let doc = Doc {
         messages,
         acked: ack,
+        timed_out,
     };
     output::emit(ctx.json, &doc, || {
         if doc.messages.is_empty() {
@@ -111,6 +116,6 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         a.thread,
     )?;
     let messages = store.fetch(&me.id, &req)?;
-    print_then_ack(ctx, &store, &me.id, messages, !a.peek && !a.no_ack)?;
+    print_then_ack(ctx, &store, &me.id, messages, !a.peek && !a.no_ack, None)?;
     Ok(EXIT_OK)
 }

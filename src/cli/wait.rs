@@ -43,6 +43,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct TimedOut {
     messages: [(); 0],
+    acked: bool,
     timed_out: bool,
     waited_ms: u128,
 }
@@ -69,6 +70,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if messages.is_empty() {
         let doc = TimedOut {
             messages: [],
+            acked: false,
             timed_out: true,
             waited_ms: a.timeout.as_millis(),
         };
@@ -86,6 +88,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         &me.id,
         messages,
         !a.peek && !a.no_ack,
+        Some(false),
     )?;
     Ok(EXIT_OK)
 }
