@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! relay — a local message bus for AI agent sessions and ordinary processes.
 //!
 //! Every participant is an **endpoint** with a name and a durable **mailbox**. A message

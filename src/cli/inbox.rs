@@ -14,6 +14,14 @@ use crate::store::{DEFAULT_LEASE, Fetch, FetchMode, Filter, Message, Store};
 /// Arguments of `relay inbox`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Which messages, and what reading does to them.
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// What to read and what reading does; shared by `inbox` and `wait`.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
     /// Show pending mail without changing anything.
     #[arg(long, conflicts_with = "no_ack")]
     pub peek: bool,
@@ -35,6 +43,39 @@ pub struct Args {
     pub thread: Option<String>,
 }
 
+impl ReadArgs {
+    /// Whether messages are acked after printing.
+    pub(crate) fn acks(&self) -> bool {
+        !self.peek && !self.no_ack
+    }
+
+    /// The fetch request these options describe (`--from` resolved to an endpoint id).
+    pub(crate) fn fetch(&self, store: &dyn Store) -> anyhow::Result<Fetch> {
+        let from = match &self.from {
+            Some(f) => Some(store.resolve(f)?.id),
+            None => None,
+        };
+        Ok(Fetch {
+            limit: self.limit as usize,
+            mode: if self.peek {
+                FetchMode::Peek
+            } else {
+                FetchMode::Deliver {
+                    lease: if self.lease.is_zero() {
+                        DEFAULT_LEASE
+                    } else {
+                        self.lease
+                    },
+                }
+            },
+            filter: Filter {
+                from,
+                thread: self.thread.clone(),
+            },
+        })
+    }
+}
+
 #[derive(Serialize)]
 pub(crate) struct Doc {
     pub messages: Vec<Message>,
@@ -43,36 +84,6 @@ pub(crate) struct Doc {
     /// `wait` only: false (a timed-out wait prints its own document).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timed_out: Option<bool>,
-}
-
-/// Builds the fetch request shared by `inbox` and `wait`.
-pub(crate) fn fetch_request(
-    store: &dyn Store,
-    limit: u32,
-    peek: bool,
-    lease: Duration,
-    from: Option<&str>,
-    thread: Option<String>,
-) -> anyhow::Result<Fetch> {
-    let from = match from {
-        Some(f) => Some(store.resolve(f)?.id),
-        None => None,
-    };
-    Ok(Fetch {
-        limit: limit as usize,
-        mode: if peek {
-            FetchMode::Peek
-        } else {
-            FetchMode::Deliver {
-                lease: if lease.is_zero() {
-                    DEFAULT_LEASE
-                } else {
-                    lease
-                },
-            }
-        },
-        filter: Filter { from, thread },
-    })
 }
 
 /// Prints fetched messages, then acks them (unless `ack` is false): ack follows output.
@@ -107,15 +118,8 @@ pub(crate) fn print_then_ack(
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let req = fetch_request(
-        &store,
-        a.limit,
-        a.peek,
-        a.lease,
-        a.from.as_deref(),
-        a.thread,
-    )?;
+    let req = a.read.fetch(&store)?;
     let messages = store.fetch(&me.id, &req)?;
-    print_then_ack(ctx, &store, &me.id, messages, !a.peek && !a.no_ack, None)?;
+    print_then_ack(ctx, &store, &me.id, messages, a.read.acks(), None)?;
     Ok(EXIT_OK)
 }

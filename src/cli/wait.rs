@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::inbox::{fetch_request, print_then_ack};
+use super::inbox::{ReadArgs, print_then_ack};
 use super::{Ctx, EXIT_OK, EXIT_TIMEOUT, output, parse_duration};
 use crate::store::{MAX_WAIT, Store};
 
@@ -20,24 +20,9 @@ pub struct Args {
     /// How long to wait, at most 300s (e.g. 30s, 5m).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
-    /// Only mail from this endpoint (name, id or prefix).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Only mail in this thread.
-    #[arg(long)]
-    pub thread: Option<String>,
-    /// At most this many messages once mail is there.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub limit: u32,
-    /// Return the messages without changing them.
-    #[arg(long, conflicts_with = "no_ack")]
-    pub peek: bool,
-    /// Leave them delivered, not acked (they return after the lease).
-    #[arg(long)]
-    pub no_ack: bool,
-    /// Lease for --no-ack.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
-    pub lease: Duration,
+    /// Which messages, and what reading does to them (as for `inbox`).
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 #[derive(Serialize)]
@@ -58,14 +43,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let req = fetch_request(
-        &store,
-        a.limit,
-        a.peek,
-        a.lease,
-        a.from.as_deref(),
-        a.thread,
-    )?;
+    let req = a.read.fetch(&store)?;
     let messages = store.wait(&me.id, &req, a.timeout)?;
     if messages.is_empty() {
         let doc = TimedOut {
@@ -87,7 +65,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         &store as &dyn Store,
         &me.id,
         messages,
-        !a.peek && !a.no_ack,
+        a.read.acks(),
         Some(false),
     )?;
     Ok(EXIT_OK)

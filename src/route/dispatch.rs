@@ -87,13 +87,13 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
         (Decision::Mailbox, Some(t)) => t,
         (Decision::Mailbox, None) => unreachable!("decide routes only found targets"),
     };
+    // An empty thread name means no thread.
+    let given_thread = req.thread.clone().filter(|t| !t.is_empty());
     let (reply_to, thread) = match &req.reply_to {
-        None => (None, req.thread.clone()),
+        None => (None, given_thread),
         Some(r) => {
             let parent = store.receipt(r)?;
-            let thread = req
-                .thread
-                .clone()
+            let thread = given_thread
                 .or(parent.thread)
                 .unwrap_or_else(|| parent.id.clone());
             (Some(parent.id), Some(thread))
