@@ -98,6 +98,7 @@ fn filters_select_by_sender_and_thread() {
         filter: Filter {
             from: Some(a.clone()),
             thread: Some("t".into()),
+            ids: None,
         },
     };
     let got = s.fetch(&b, &req).unwrap();

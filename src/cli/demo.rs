@@ -107,6 +107,7 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
         filter: Filter {
             from: Some(peer.id.clone()),
             thread: None,
+            ids: None,
         },
     };
     match a.role {

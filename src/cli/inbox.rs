@@ -71,6 +71,7 @@ impl ReadArgs {
             filter: Filter {
                 from,
                 thread: self.thread.clone(),
+                ids: None,
             },
         })
     }

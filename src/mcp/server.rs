@@ -334,7 +334,11 @@ impl RelayServer {
             let req = Fetch {
                 limit: 20,
                 mode: read_mode(p.ack),
-                filter: Filter { from, thread: p.thread },
+                filter: Filter {
+                    from,
+                    thread: p.thread,
+                    ids: None,
+                },
             };
             let messages = store.wait(&me.id, &req, Duration::from_secs(secs))?;
             let timed_out = messages.is_empty();

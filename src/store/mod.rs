@@ -124,6 +124,32 @@ pub trait Store: Send + Sync {
     /// Backend errors.
     fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>>;
 
+    /// Records that `process` is the agent process of `endpoint_id`'s session (replacing
+    /// any binding of that process).
+    ///
+    /// # Errors
+    /// [`Error::UnknownEndpoint`] when the endpoint does not exist; backend errors.
+    fn bind(&self, process: ProcessRef, endpoint_id: &str) -> Result<()>;
+
+    /// The first of `processes` (in the order given: nearest ancestor first) that has a
+    /// binding, with its endpoint.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn bound(&self, processes: &[ProcessRef]) -> Result<Option<(ProcessRef, Endpoint)>>;
+
+    /// Every binding.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn bindings(&self) -> Result<Vec<Binding>>;
+
+    /// Removes the bindings of these processes; returns how many were removed.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn unbind(&self, processes: &[ProcessRef]) -> Result<u64>;
+
     /// Deletes acked messages acked more than `acked_before` ago, and expired messages.
     ///
     /// # Errors

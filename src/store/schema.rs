@@ -14,7 +14,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::Error;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: endpoints and messages.
@@ -52,6 +52,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX messages_pending ON messages (recipient, state, seq);
     CREATE INDEX messages_acked ON messages (state, acked_at);
+    "#,
+    // 1 -> 2: bindings from an agent process (pid + start time) to its session endpoint.
+    r#"
+    CREATE TABLE bindings (
+        pid          INTEGER NOT NULL,
+        pid_start    INTEGER NOT NULL,
+        endpoint_id  TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (pid, pid_start)
+    );
+    CREATE INDEX bindings_endpoint ON bindings (endpoint_id);
     "#,
 ];
 

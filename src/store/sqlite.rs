@@ -480,21 +480,38 @@ impl Store for SqliteStore {
 
     fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
         let now = now_ms();
-        let limit = req.limit.max(1) as i64;
+        // Every statement below binds the same seven parameters; each uses what it needs.
         let pending = "recipient = ?1 AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
              AND (expires_at IS NULL OR expires_at > ?2) AND (?3 IS NULL OR sender = ?3) \
-             AND (?4 IS NULL OR thread = ?4)";
+             AND (?4 IS NULL OR thread = ?4) \
+             AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7)))";
+        let lease_until = match req.mode {
+            FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
+            _ => now,
+        };
+        let ids = req
+            .filter
+            .ids
+            .as_ref()
+            .map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
+        let args = params![
+            recipient,
+            now,
+            req.filter.from,
+            req.filter.thread,
+            req.limit.max(1) as i64,
+            lease_until,
+            ids
+        ];
         let set = match req.mode {
             FetchMode::Peek => {
                 let conn = self.conn();
                 let sql = format!(
-                    "SELECT {MESSAGE_COLS} FROM messages WHERE {pending} ORDER BY seq LIMIT ?5"
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE {pending} AND ?6 = ?6 \
+                     ORDER BY seq LIMIT ?5"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map(
-                    params![recipient, now, req.filter.from, req.filter.thread, limit],
-                    message_row,
-                )?;
+                let rows = stmt.query_map(args, message_row)?;
                 return Ok(rows
                     .map(|r| r.map(|(_, m)| m))
                     .collect::<rusqlite::Result<_>>()?);
@@ -502,19 +519,14 @@ impl Store for SqliteStore {
             FetchMode::Deliver { .. } => "state = 'delivered', lease_until = ?6",
             FetchMode::Take => "state = 'acked', acked_at = ?2, lease_until = NULL",
         };
-        let lease_until = match req.mode {
-            FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
-            _ => 0, // not bound: only Deliver's statement has ?6
-        };
         // Most looks by a waiter find nothing: answer those from a read snapshot, which in
         // WAL mode never contends for the write lock with senders.
         {
             let conn = self.conn();
-            let probe = format!("SELECT EXISTS (SELECT 1 FROM messages WHERE {pending})");
-            let any: bool = conn.prepare_cached(&probe)?.query_row(
-                params![recipient, now, req.filter.from, req.filter.thread],
-                |r| r.get(0),
-            )?;
+            let probe = format!(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE {pending} AND ?5 = ?5 AND ?6 = ?6)"
+            );
+            let any: bool = conn.prepare_cached(&probe)?.query_row(args, |r| r.get(0))?;
             if !any {
                 return Ok(Vec::new());
             }
@@ -522,30 +534,15 @@ impl Store for SqliteStore {
         let sql = format!(
             "UPDATE messages SET {set}, delivered_at = coalesce(delivered_at, ?2), \
                deliveries = deliveries + 1 \
-             WHERE seq IN (SELECT seq FROM messages WHERE {pending} ORDER BY seq LIMIT ?5) \
+             WHERE seq IN (SELECT seq FROM messages WHERE {pending} AND ?6 = ?6 \
+               ORDER BY seq LIMIT ?5) \
              RETURNING {MESSAGE_COLS}"
         );
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out: Vec<(i64, Message)> = {
             let mut stmt = tx.prepare_cached(&sql)?;
-            let rows = match req.mode {
-                FetchMode::Deliver { .. } => stmt.query_map(
-                    params![
-                        recipient,
-                        now,
-                        req.filter.from,
-                        req.filter.thread,
-                        limit,
-                        lease_until
-                    ],
-                    message_row,
-                )?,
-                _ => stmt.query_map(
-                    params![recipient, now, req.filter.from, req.filter.thread, limit],
-                    message_row,
-                )?,
-            };
+            let rows = stmt.query_map(args, message_row)?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         tx.commit()?;
@@ -659,6 +656,79 @@ impl Store for SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(recipient.to_string(), bell);
         result
+    }
+
+    fn bind(&self, process: ProcessRef, endpoint_id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if Self::endpoint_by(&tx, "id", endpoint_id)?.is_none() {
+            return Err(Error::UnknownEndpoint {
+                query: endpoint_id.to_string(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO bindings (pid, pid_start, endpoint_id, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (pid, pid_start) DO UPDATE SET endpoint_id = excluded.endpoint_id, \
+               created_at = excluded.created_at",
+            params![process.pid, process.start as i64, endpoint_id, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn bound(&self, processes: &[ProcessRef]) -> Result<Option<(ProcessRef, Endpoint)>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM bindings b JOIN endpoints e ON e.id = b.endpoint_id \
+             WHERE b.pid = ?1 AND b.pid_start = ?2",
+            ENDPOINT_COLS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for p in processes {
+            if let Some(e) = stmt
+                .query_row(params![p.pid, p.start as i64], endpoint_row)
+                .optional()?
+            {
+                return Ok(Some((*p, e)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn bindings(&self) -> Result<Vec<Binding>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT pid, pid_start, endpoint_id, created_at FROM bindings ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Binding {
+                process: ProcessRef {
+                    pid: r.get(0)?,
+                    start: r.get::<_, i64>(1)? as u64,
+                },
+                endpoint_id: r.get(2)?,
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn unbind(&self, processes: &[ProcessRef]) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for p in processes {
+            n += tx.execute(
+                "DELETE FROM bindings WHERE pid = ?1 AND pid_start = ?2",
+                params![p.pid, p.start as i64],
+            )? as u64;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     fn gc(&self, acked_before: Duration) -> Result<GcReport> {

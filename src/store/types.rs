@@ -339,6 +339,28 @@ pub struct Filter {
     pub from: Option<String>,
     /// Only in this thread.
     pub thread: Option<String>,
+    /// Only these message ids (exact).
+    pub ids: Option<Vec<String>>,
+}
+
+/// A process, told apart from a later process with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessRef {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+    pub start: u64,
+}
+
+/// A binding from an agent process to the endpoint of its session (DESIGN.md §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    /// The agent process.
+    pub process: ProcessRef,
+    /// The session's endpoint id.
+    pub endpoint_id: String,
+    /// When it was recorded, ms since the epoch.
+    pub created_at: i64,
 }
 
 /// What a fetch does to the messages it returns.
