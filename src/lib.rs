@@ -12,7 +12,7 @@
 //!   [`route::dispatch`] carries the decision out.
 //! - [`store`] — the [`store::Store`] trait (endpoints, messages, receipts, leases, wait) and
 //!   its SQLite backend, with a doorbell so waiters wake without polling.
-//! - [`identity`] — who "me" is: `--as`, else `$RELAY_AS`.
+//! - [`agents`] — agent sessions: identity bindings, hooks, fence, install, discover, wake.
 //! - [`errors`] — stable error kinds and exit codes for scripts and models.
 //! - [`config`] — where data lives (`RELAY_HOME`), durability, the body cap.
 //! - [`bench`] — measurements behind `relay bench`, with their baselines.
@@ -20,12 +20,12 @@
 //! The live socket transport, shared-memory streams and agent hooks slot in later as
 //! `wire/`, `transport/`, `shm/` and `agents/` (see DESIGN.md §3).
 
+pub mod agents;
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod errors;
-pub mod identity;
 pub mod mcp;
 pub mod route;
 pub mod store;

@@ -11,7 +11,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // clap: 0 for --help/--version, 2 for usage errors.
-            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+            let code = e.exit_code().clamp(0, 255) as u8;
+            if code != 0 && std::env::args().any(|a| a == "--json") {
+                cli::line(&cli::usage_document(&e.kind().to_string()).to_string());
+            }
+            return ExitCode::from(code);
         }
     };
     init_logging();
@@ -20,8 +24,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("relay: {err:#}");
-            if json {
-                println!("{}", cli::error_document(&err));
+            // One document per run: a command that already printed its own keeps it.
+            if json && !cli::wrote_stdout() {
+                cli::line(&cli::error_document(&err).to_string());
             }
             ExitCode::from(cli::exit_code(&err))
         }

@@ -45,7 +45,7 @@ fn receipts_move_queued_delivered_acked_and_never_claim_more() {
     assert!(st["acked_at"].as_i64().unwrap() >= st["delivered_at"].as_i64().unwrap());
 
     // Acking again is harmless and says so.
-    let again = h.json(&["ack", &id]);
+    let again = h.json(&["ack", "--as", "bob", &id]);
     assert_eq!(again["results"][0]["outcome"], "already-acked");
 }
 
@@ -285,7 +285,7 @@ fn an_expired_lease_hands_the_message_out_again() {
     h.register("a");
     h.register("b");
     let id = id_of(&h.json(&["send", "b", "--as", "a", "retry me"]));
-    let first = h.json(&["inbox", "--as", "b", "--no-ack", "--lease", "1s"]);
+    let first = h.json(&["inbox", "--as", "b", "--no-ack", "--lease", "5s"]);
     assert_eq!(first["messages"][0]["deliveries"], 1);
     // While leased, nobody else gets it.
     assert_eq!(
@@ -442,15 +442,76 @@ fn send_lines_sends_one_message_per_line() {
         .map(|m| m["body"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(bodies, ["one", "two", "three"]);
+
+    // All or nothing: one line over the cap stores none of them.
+    let mut c = h.cmd(&["send", "b", "--as", "a", "--stdin", "--lines"]);
+    c.env("RELAY_MAX_BODY", "10");
+    let r = common::run(
+        c,
+        Some(b"short\nthis line is too long\nshort\n"),
+        common::DEADLINE,
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(message_rows(&h), 3);
 }
 
 #[test]
-fn durability_full_is_accepted() {
+fn json_mode_prints_one_document_even_for_usage_errors() {
     let h = Home::new();
-    let mut c = h.cmd(&["register", "a", "--json"]);
-    c.env("RELAY_DURABILITY", "full");
-    let r = common::run(c, None, common::DEADLINE);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = h.run(&["roster", "--durability", "full", "--json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = h.run(&["send", "--json"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.doc()["error"]["kind"], "usage");
+    let r = h.run(&["wait", "--as", "nobody", "--json"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.doc()["ok"], false);
+    // ok mirrors the exit status.
+    h.register("b");
+    let r = h.run(&["wait", "--as", "b", "--timeout", "100ms", "--json"]);
+    assert_eq!(
+        (r.code, r.doc()["ok"].clone()),
+        (4, serde_json::json!(false))
+    );
+    let r = h.run(&["ack", "--as", "b", "0000nope", "--json"]);
+    assert_eq!(
+        (r.code, r.doc()["ok"].clone()),
+        (3, serde_json::json!(false))
+    );
+}
+
+#[test]
+fn acking_needs_an_identity() {
+    let h = Home::new();
+    h.register("a");
+    h.register("b");
+    let id = id_of(&h.json(&["send", "b", "--as", "a", "x"]));
+    let r = h.run(&["ack", &id]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(h.json(&["status", &id])["state"], "queued");
+}
+
+#[test]
+fn empty_optional_arguments_mean_absent_and_bounds_are_enforced() {
+    let h = Home::new();
+    h.register("a");
+    h.register("b");
+    h.json(&[
+        "send",
+        "b",
+        "--as",
+        "a",
+        "--thread",
+        "",
+        "--reply-to",
+        "",
+        "x",
+    ]);
+    let got = h.json(&["inbox", "--as", "b", "--thread", "", "--from", ""]);
+    assert_eq!(got["messages"].as_array().unwrap().len(), 1);
+    assert!(got["messages"][0]["thread"].is_null());
+    for bad in [["--ttl", "0s"], ["--ttl", "400days"]] {
+        let r = h.run(&["send", "b", "--as", "a", bad[0], bad[1], "x"]);
+        assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
+    }
+    let r = h.run(&["inbox", "--as", "b", "--no-ack", "--lease", "2d"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
 }

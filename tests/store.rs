@@ -228,3 +228,33 @@ fn reopening_migrates_once_and_stays_at_the_current_version() {
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[test]
+fn durability_sets_synchronous() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::at(dir.path().join("home"));
+    assert_eq!(
+        SqliteStore::open(&cfg).unwrap().synchronous().unwrap(),
+        1,
+        "NORMAL"
+    );
+    cfg.durability = relay::config::Durability::Full;
+    assert_eq!(
+        SqliteStore::open(&cfg).unwrap().synchronous().unwrap(),
+        2,
+        "FULL"
+    );
+}
+
+#[test]
+fn a_negative_schema_version_is_someone_elses_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::at(dir.path().join("home"));
+    std::fs::create_dir_all(&cfg.home).unwrap();
+    {
+        let c = rusqlite::Connection::open(cfg.db_path()).unwrap();
+        c.pragma_update(None, "user_version", -1).unwrap();
+    }
+    let err = SqliteStore::open(&cfg).unwrap_err();
+    assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
+}

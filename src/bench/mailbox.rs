@@ -374,10 +374,19 @@ pub fn markdown(r: &Report, when: &str) -> String {
     };
     let m = &r.machine;
     let mut s = format!(
-        "# relay bench mailbox\n\nMeasured {when} with `relay bench mailbox --n {}` (release build).\n\n\
+        "# relay bench mailbox\n\nMeasured {when} with `relay bench mailbox --n {}` ({} build).\n\n\
          Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
          ## Latency (µs)\n\n| what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n",
-        r.n, m.cores, m.cpu, m.memory_gib, m.kernel
+        r.n,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        m.cores,
+        m.cpu,
+        m.memory_gib,
+        m.kernel
     );
     s += &row("relay send, synchronous=NORMAL", &r.send_normal);
     s += &row(

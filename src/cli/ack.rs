@@ -1,5 +1,5 @@
-//! `relay ack <ids…>`: confirm messages. With `--as`/`RELAY_AS`, only your own messages
-//! can be acked. Exit 3 when any id is unknown, ambiguous or someone else's.
+//! `relay ack <ids…>`: confirm messages addressed to you (`--as`, `RELAY_AS` or the agent
+//! session binding). Exit 3 when any id is unknown, ambiguous or someone else's.
 
 use serde::Serialize;
 
@@ -21,11 +21,9 @@ struct Doc {
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = ctx.store()?;
-    let me = match ctx.identity() {
-        Some(_) => Some(ctx.me(&store)?),
-        None => None,
-    };
-    let results = store.ack(me.as_ref().map(|m| m.id.as_str()), &a.ids)?;
+    // Acking is the recipient's word that it read the message: only "me" may give it.
+    let me = ctx.me(&store)?;
+    let results = store.ack(Some(&me.id), &a.ids)?;
     let failed = results.iter().any(|r| {
         matches!(
             r.outcome,
@@ -33,7 +31,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         )
     });
     let doc = Doc { results };
-    output::emit(ctx.json, &doc, || {
+    output::emit_outcome(ctx.json, &doc, !failed, || {
         doc.results
             .iter()
             .map(|r| {

@@ -183,10 +183,20 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// A spawned demo child whose stdout lines arrive on a channel.
+/// A spawned demo child whose stdout lines arrive on a channel. Killed when dropped, so
+/// an early return never leaves demo processes behind.
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<Value>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn spawn(home: &Config, args: &[String]) -> anyhow::Result<Proc> {
@@ -393,7 +403,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if sent_ids.len() as u64 != total {
         s.lost += total - sent_ids.len() as u64;
     }
-    output::emit(ctx.json, &s, || {
+    output::emit_outcome(ctx.json, &s, s.lost == 0, || {
         format!(
             "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
             "messages sent",

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Ctx, EXIT_OK, output, parse_duration};
-use crate::store::{DEFAULT_LEASE, Fetch, FetchMode, Filter, Message, Store};
+use super::{Ctx, EXIT_OK, output};
+use crate::store::{DEFAULT_LEASE, Fetch, FetchMode, Filter, Message, Store, names};
 
 /// Arguments of `relay inbox`.
 #[derive(Debug, clap::Args)]
@@ -32,8 +32,8 @@ pub struct ReadArgs {
     /// again when the lease ends.
     #[arg(long)]
     pub no_ack: bool,
-    /// Lease for --no-ack, e.g. 60s.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    /// Lease for --no-ack, e.g. 60s (1s to 24h).
+    #[arg(long, value_parser = super::parse_lease, default_value = "60s")]
     pub lease: Duration,
     /// Only messages from this endpoint (name, id or prefix).
     #[arg(long)]
@@ -51,8 +51,8 @@ impl ReadArgs {
 
     /// The fetch request these options describe (`--from` resolved to an endpoint id).
     pub(crate) fn fetch(&self, store: &dyn Store) -> anyhow::Result<Fetch> {
-        let from = match &self.from {
-            Some(f) => Some(store.resolve(f)?.id),
+        let from = match names::optional(self.from.clone()) {
+            Some(f) => Some(store.resolve(&f)?.id),
             None => None,
         };
         Ok(Fetch {
@@ -70,7 +70,7 @@ impl ReadArgs {
             },
             filter: Filter {
                 from,
-                thread: self.thread.clone(),
+                thread: names::optional(self.thread.clone()),
                 ids: None,
             },
         })

@@ -16,6 +16,10 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(crate::mcp::serve_stdio(ctx.config.clone(), ctx.as_.clone()))?;
+    let served = rt.block_on(crate::mcp::serve_stdio(ctx.config.clone(), ctx.as_.clone()));
+    // A tool call still blocked in `wait` must not keep the process alive after the client
+    // left: its messages are only leased, never acked, so dropping it loses nothing.
+    rt.shutdown_background();
+    served?;
     Ok(EXIT_OK)
 }

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::agents::identity::{self, Identity, Me};
 use crate::config::{Config, Durability};
-use crate::identity::{self, Identity};
 use crate::store::{self, Endpoint, SqliteStore, Store};
 
-pub use output::{error_document, exit_code};
+pub use output::{error_document, exit_code, line, usage_document, wrote_stdout};
 
 pub use crate::errors::{EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE};
 
@@ -69,8 +69,8 @@ pub struct Global {
     /// Act as this endpoint (name, id or id prefix). Default: $RELAY_AS.
     #[arg(long = "as", global = true, value_name = "ME")]
     pub as_: Option<String>,
-    /// Commit durability: 'normal' (default; survives crashes) or 'full' (fsync every
-    /// commit; survives power loss). Default: $RELAY_DURABILITY.
+    /// Commit durability: 'normal' (default; survives a killed process) or 'full' (fsync
+    /// every commit; also survives an OS crash or power loss). Default: $RELAY_DURABILITY.
     #[arg(long, global = true, value_name = "normal|full")]
     pub durability: Option<String>,
 }
@@ -124,33 +124,37 @@ impl Ctx {
         Ok(SqliteStore::open(&self.config)?)
     }
 
-    /// The identity to act as, without resolving it.
+    /// The explicit identity (`--as`, `RELAY_AS`), without resolving it.
     pub fn identity(&self) -> Option<Identity> {
-        identity::choose(self.as_.as_deref())
+        identity::explicit(self.as_.as_deref())
+    }
+
+    /// Resolves "me" with how it was decided.
+    pub fn whoami(&self, store: &dyn Store) -> anyhow::Result<Me> {
+        let explicit = self.identity();
+        identity::resolve(store, explicit.as_ref()).map_err(|e| {
+            // An explicit name that does not resolve, or no identity at all, is a usage
+            // error (exit 2), not a rejected send.
+            match (e.downcast_ref::<store::Error>(), &explicit) {
+                (
+                    Some(
+                        store::Error::UnknownEndpoint { .. }
+                        | store::Error::AmbiguousEndpoint { .. },
+                    ),
+                    Some(id),
+                ) => UsageError(format!("{}: {e}", id.source.describe())).into(),
+                _ if e.downcast_ref::<identity::NoIdentity>().is_some() => {
+                    UsageError(identity::HOW_TO_SET.into()).into()
+                }
+                _ => e,
+            }
+        })
     }
 
     /// Resolves "me", or fails with a usage error saying how to set it.
     pub fn me(&self, store: &dyn Store) -> anyhow::Result<Endpoint> {
-        let id = self
-            .identity()
-            .ok_or_else(|| UsageError(identity::HOW_TO_SET.into()))?;
-        resolve_me(store, &id)
+        Ok(self.whoami(store)?.endpoint)
     }
-}
-
-/// Resolves an identity; an unknown or ambiguous "me" is a usage error (exit 2).
-pub(crate) fn resolve_me(store: &dyn Store, id: &Identity) -> anyhow::Result<Endpoint> {
-    store.resolve(&id.query).map_err(|e| match e {
-        store::Error::UnknownEndpoint { .. } | store::Error::AmbiguousEndpoint { .. } => {
-            let from = match id.source {
-                identity::Source::Flag => "--as",
-                identity::Source::Env => "RELAY_AS",
-                identity::Source::Register => "identity",
-            };
-            UsageError(format!("{from}: {e}")).into()
-        }
-        other => other.into(),
-    })
 }
 
 /// Parses a duration: bare seconds (`30`) or humantime (`30s`, `5m`, `1h 30m`, `250ms`).
@@ -164,6 +168,38 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 1h"))
+}
+
+fn parse_bounded(s: &str, what: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{what} must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// A lease: 1 s to 24 h.
+pub(crate) fn parse_lease(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        "a lease",
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    )
+}
+
+/// A time to live: 1 ms to 365 days.
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
+    parse_bounded(
+        s,
+        "a time to live",
+        Duration::from_millis(1),
+        Duration::from_secs(365 * 86_400),
+    )
 }
 
 /// Runs a parsed command line; returns the exit status for a command that finished.

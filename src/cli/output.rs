@@ -2,14 +2,25 @@
 //! (broken pipe) ends the process quietly with status 0, as a pipeline expects.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::classify;
 
+/// Set once anything was written to stdout, so a later failure does not print a second
+/// `--json` document.
+static WROTE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process already wrote to stdout.
+pub fn wrote_stdout() -> bool {
+    WROTE.load(Ordering::Relaxed)
+}
+
 /// Writes `text` and a newline to stdout.
-pub(crate) fn line(text: &str) {
+pub fn line(text: &str) {
+    WROTE.store(true, Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     let res = writeln!(out, "{text}").and_then(|()| out.flush());
     if let Err(e) = res {
@@ -21,20 +32,32 @@ pub(crate) fn line(text: &str) {
     }
 }
 
-/// Serializes `doc` (an object) with `"ok": true` added.
-pub(crate) fn ok_document(doc: &impl Serialize) -> Value {
+/// Serializes `doc` (an object) with `"ok"` added.
+pub(crate) fn document(doc: &impl Serialize, ok: bool) -> Value {
     let mut v =
         serde_json::to_value(doc).unwrap_or_else(|e| json!({"serialize_error": e.to_string()}));
     if let Value::Object(m) = &mut v {
-        m.insert("ok".into(), Value::Bool(true));
+        m.insert("ok".into(), Value::Bool(ok));
     }
     v
 }
 
-/// Prints the command's result: `doc` as JSON with `--json`, else `human()`.
+/// Prints the command's result: `doc` as JSON with `--json`, else `human()`. `"ok"` is
+/// true: use [`emit_outcome`] for a command that exits non-zero after printing.
 pub(crate) fn emit(json: bool, doc: &impl Serialize, human: impl FnOnce() -> String) {
+    emit_outcome(json, doc, true, human);
+}
+
+/// As [`emit`], with `"ok"` set to `ok` — false when the exit status will be non-zero
+/// (`ok` is true exactly when the exit status is 0).
+pub(crate) fn emit_outcome(
+    json: bool,
+    doc: &impl Serialize,
+    ok: bool,
+    human: impl FnOnce() -> String,
+) {
     if json {
-        line(&ok_document(doc).to_string());
+        line(&document(doc, ok).to_string());
     } else {
         let text = human();
         if !text.is_empty() {
@@ -47,6 +70,11 @@ pub(crate) fn emit(json: bool, doc: &impl Serialize, human: impl FnOnce() -> Str
 pub fn error_document(err: &anyhow::Error) -> Value {
     let (kind, code) = classify(err);
     json!({"ok": false, "error": {"kind": kind, "message": format!("{err:#}"), "exit_code": code}})
+}
+
+/// The JSON document for a command line clap refused (exit 2).
+pub fn usage_document(message: &str) -> Value {
+    json!({"ok": false, "error": {"kind": "usage", "message": message.trim(), "exit_code": 2}})
 }
 
 /// The exit status for a failed command.

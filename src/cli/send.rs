@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Ctx, EXIT_OK, UsageError, output, parse_duration};
+use super::{Ctx, EXIT_OK, UsageError, output};
 use crate::config::MAX_BODY_LIMIT;
 use crate::route::{self, SendRequest, Sent};
 use crate::store::{Intent, Store, TEXT_PLAIN};
@@ -42,8 +42,8 @@ pub struct Args {
     /// Id (or unique prefix) of the message this answers; its thread is kept.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
-    /// Drop the message if nobody read it within this long, e.g. 10m.
-    #[arg(long, value_parser = parse_duration)]
+    /// Drop the message if nobody read it within this long, e.g. 10m (up to 365 days).
+    #[arg(long, value_parser = super::parse_ttl)]
     pub ttl: Option<Duration>,
 }
 
@@ -83,6 +83,8 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 .filter(|l| !l.is_empty())
                 .map(str::to_string)
                 .collect()
+        } else if text.is_empty() {
+            return Err(UsageError("stdin was empty: nothing to send".into()).into());
         } else {
             vec![text]
         }
@@ -96,22 +98,21 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     };
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let mut sent = Vec::with_capacity(bodies.len());
-    for body in bodies {
-        sent.push(route::send(
-            &store as &dyn Store,
-            SendRequest {
-                from: me.clone(),
-                to: a.to.clone(),
-                body: body.into_bytes(),
-                content_type: TEXT_PLAIN.into(),
-                intent: a.intent,
-                thread: a.thread.clone(),
-                reply_to: a.reply_to.clone(),
-                ttl: a.ttl,
-            },
-        )?);
-    }
+    // All or nothing: with --lines, one bad line stores none of them.
+    let reqs = bodies
+        .into_iter()
+        .map(|body| SendRequest {
+            from: me.clone(),
+            to: a.to.clone(),
+            body: body.into_bytes(),
+            content_type: TEXT_PLAIN.into(),
+            intent: a.intent,
+            thread: a.thread.clone(),
+            reply_to: a.reply_to.clone(),
+            ttl: a.ttl,
+        })
+        .collect();
+    let sent = route::send_all(&store as &dyn Store, reqs)?;
     let human = |s: &Sent| {
         format!(
             "{} {} for {} via {} (thread {})",

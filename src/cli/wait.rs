@@ -52,7 +52,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             timed_out: true,
             waited_ms: a.timeout.as_millis(),
         };
-        output::emit(ctx.json, &doc, String::new);
+        output::emit_outcome(ctx.json, &doc, false, String::new);
         eprintln!(
             "relay: no mail for {} within {}",
             me.display_name(),

@@ -1,42 +1,29 @@
-//! `relay whoami`: which endpoint this command acts as, and why.
+//! `relay whoami`: which endpoint this command acts as, and how that was decided.
 
-use serde::Serialize;
-
-use super::{Ctx, EXIT_OK, output, resolve_me};
-use crate::identity::{self, Source};
-use crate::store::Endpoint;
+use super::{Ctx, EXIT_OK, output};
+use crate::agents::identity::Source;
 
 /// Arguments of `relay whoami`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Identity: --as, else RELAY_AS, else the agent session this \
+command runs in (bound by relay's SessionStart hook), else none (exit 2 with what to do)."
+)]
 pub struct Args {}
 
-#[derive(Serialize)]
-struct Doc {
-    endpoint: Endpoint,
-    source: Source,
-}
-
 pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
-    let id = ctx
-        .identity()
-        .ok_or_else(|| super::UsageError(identity::HOW_TO_SET.into()))?;
     let store = ctx.store()?;
-    let endpoint = resolve_me(&store, &id)?;
-    let doc = Doc {
-        endpoint,
-        source: id.source,
-    };
-    output::emit(ctx.json, &doc, || {
-        let how = match doc.source {
-            Source::Flag => "from --as",
-            Source::Env => "from RELAY_AS",
-            Source::Register => "registered in this session",
+    let me = ctx.whoami(&store)?;
+    output::emit(ctx.json, &me, || {
+        let how = match (me.source, me.process) {
+            (Source::Binding, Some(p)) => format!("bound to agent process {}", p.pid),
+            (s, _) => format!("from {}", s.describe()),
         };
         format!(
             "{} (id {}, kind {}) — {how}",
-            doc.endpoint.display_name(),
-            doc.endpoint.id,
-            doc.endpoint.kind
+            me.endpoint.display_name(),
+            me.endpoint.id,
+            me.endpoint.kind
         )
     });
     Ok(EXIT_OK)

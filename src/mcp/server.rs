@@ -12,13 +12,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::agents::identity::{self, Identity, Me, Source};
 use crate::config::Config;
 use crate::errors::{UsageError, classify};
-use crate::identity::{self, Identity, Source};
 use crate::route::{self, SendRequest};
 use crate::store::{
-    DEFAULT_LEASE, Endpoint, Fetch, FetchMode, Filter, Intent, MAX_WAIT, Registration, SqliteStore,
-    Store, TEXT_PLAIN, names,
+    self, DEFAULT_LEASE, Endpoint, Fetch, FetchMode, Filter, Intent, MAX_WAIT, Message,
+    Registration, SqliteStore, Store, TEXT_PLAIN, names,
 };
 
 const INSTRUCTIONS: &str = "relay lets you exchange messages with other agent sessions and \
@@ -137,7 +137,7 @@ impl RelayServer {
     pub fn new(config: Config, as_: Option<String>) -> RelayServer {
         RelayServer {
             config,
-            me: Arc::new(Mutex::new(identity::choose(as_.as_deref()))),
+            me: Arc::new(Mutex::new(identity::explicit(as_.as_deref()))),
             store: Arc::new(Mutex::new(None)),
             tool_router: Self::tool_router(),
         }
@@ -159,14 +159,88 @@ impl RelayServer {
         self.me.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Resolves the session's identity on every call: an explicit one wins; otherwise the
+    /// binding is looked up again, because the agent's SessionStart hook may run after
+    /// this server started, and `/clear` rebinds the agent to a new session.
+    fn resolve_me(&self, store: &dyn Store) -> anyhow::Result<Me> {
+        identity::resolve(store, self.identity().as_ref()).map_err(|e| {
+            let explicit = self.identity();
+            if let (
+                Some(store::Error::UnknownEndpoint { .. } | store::Error::AmbiguousEndpoint { .. }),
+                Some(id),
+            ) = (e.downcast_ref::<store::Error>(), &explicit)
+            {
+                // The session's own identity does not resolve: that is a setup problem,
+                // not a rejected send.
+                return UsageError(format!("{}: {e}", id.source.describe())).into();
+            }
+            if e.downcast_ref::<identity::NoIdentity>().is_some() {
+                UsageError(
+                    "no identity: call register with a name first (or start relay mcp with \
+                     --as NAME, or install relay's hooks with `relay install claude`)"
+                        .into(),
+                )
+                .into()
+            } else {
+                e
+            }
+        })
+    }
+
     fn me(&self, store: &dyn Store) -> anyhow::Result<Endpoint> {
-        let id = self.identity().ok_or_else(|| {
-            UsageError(
-                "no identity: call register with a name first (or start relay mcp with --as NAME)"
-                    .into(),
-            )
-        })?;
-        Ok(store.resolve(&id.query)?)
+        Ok(self.resolve_me(store)?.endpoint)
+    }
+
+    /// Reads mail with `fetch` (which must deliver under a lease) on the blocking pool, then
+    /// — only once the messages are back in this task — acks them when `ack` is set. A
+    /// request cancelled meanwhile (the client went away) never reaches the ack, so its
+    /// messages come back after the lease instead of being acked unread. `wait_s` marks a
+    /// `wait` call: its result says whether it timed out.
+    async fn read_then_ack(
+        &self,
+        ack: bool,
+        wait_s: Option<u64>,
+        fetch: impl FnOnce(&RelayServer, &dyn Store, &str) -> anyhow::Result<Vec<Message>>
+        + Send
+        + 'static,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(secs) = wait_s
+            && (secs == 0 || secs > MAX_WAIT.as_secs())
+        {
+            return Ok(to_result(Err(UsageError(format!(
+                "timeout_s {secs} is out of range: give 1 to 300 seconds"
+            ))
+            .into())));
+        }
+        let this = self.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let store = this.store()?;
+            let me = this.me(store.as_ref())?;
+            let messages = fetch(&this, store.as_ref(), &me.id)?;
+            anyhow::Ok((store, me.id, messages))
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("tool task failed: {e}")));
+        let (store, me, messages) = match got {
+            Ok(v) => v,
+            Err(e) => return Ok(to_result(Err(e))),
+        };
+        let acked = ack && !messages.is_empty();
+        if acked {
+            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+            let done = tokio::task::spawn_blocking(move || store.ack(Some(&me), &ids))
+                .await
+                .map_err(|e| anyhow::anyhow!("tool task failed: {e}"))
+                .and_then(|r| r.map_err(anyhow::Error::from));
+            if let Err(e) = done {
+                return Ok(to_result(Err(e)));
+            }
+        }
+        let mut doc = json!({"messages": messages, "acked": acked});
+        if wait_s.is_some() {
+            doc["timed_out"] = json!(messages.is_empty());
+        }
+        Ok(to_result(Ok(doc)))
     }
 
     /// Runs blocking store work off the async runtime and turns it into a tool result.
@@ -190,9 +264,7 @@ impl RelayServer {
     async fn whoami(&self) -> Result<CallToolResult, ErrorData> {
         self.blocking(|s| {
             let store = s.store()?;
-            let source = s.identity().map(|i| i.source);
-            let me = s.me(store.as_ref())?;
-            Ok(json!({"endpoint": me, "source": source}))
+            Ok(serde_json::to_value(s.resolve_me(store.as_ref())?)?)
         })
         .await
     }
@@ -211,11 +283,9 @@ impl RelayServer {
                 None => None,
             };
             let store = s.store()?;
-            // Keep the current endpoint (rename it) when we already are one.
-            let id = match s.identity() {
-                Some(i) => store.resolve(&i.query).ok().map(|e| e.id),
-                None => None,
-            };
+            // Keep the current endpoint (rename it) when we already are one — including a
+            // session endpoint found through the hook's binding.
+            let id = s.resolve_me(store.as_ref()).ok().map(|me| me.endpoint.id);
             let reg = store.register(&Registration {
                 id,
                 name: Some(p.name),
@@ -278,16 +348,15 @@ impl RelayServer {
         &self,
         Parameters(p): Parameters<InboxParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.blocking(move |s| {
-            let store = s.store()?;
-            let me = s.me(store.as_ref())?;
-            let req = Fetch {
-                limit: p.limit.unwrap_or(20).clamp(1, 500) as usize,
-                mode: read_mode(p.ack),
-                filter: Filter::default(),
-            };
-            let messages = store.fetch(&me.id, &req)?;
-            Ok(json!({"messages": messages, "acked": req.mode == FetchMode::Take}))
+        let req = Fetch {
+            limit: p.limit.unwrap_or(20).clamp(1, 500) as usize,
+            mode: FetchMode::Deliver {
+                lease: DEFAULT_LEASE,
+            },
+            filter: Filter::default(),
+        };
+        self.read_then_ack(p.ack.unwrap_or(true), None, move |_, store, me| {
+            Ok(store.fetch(me, &req)?)
         })
         .await
     }
@@ -317,32 +386,24 @@ impl RelayServer {
         &self,
         Parameters(p): Parameters<WaitParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.blocking(move |s| {
-            let secs = p.timeout_s.unwrap_or(60);
-            if secs == 0 || secs > MAX_WAIT.as_secs() {
-                return Err(UsageError(format!(
-                    "timeout_s {secs} is out of range: give 1 to 300 seconds"
-                ))
-                .into());
-            }
-            let store = s.store()?;
-            let me = s.me(store.as_ref())?;
-            let from = match p.from.as_deref() {
-                Some(f) => Some(store.resolve(f)?.id),
+        let secs = p.timeout_s.unwrap_or(60);
+        self.read_then_ack(p.ack.unwrap_or(true), Some(secs), move |_, store, me| {
+            let from = match names::optional(p.from) {
+                Some(f) => Some(store.resolve(&f)?.id),
                 None => None,
             };
             let req = Fetch {
                 limit: 20,
-                mode: read_mode(p.ack),
+                mode: FetchMode::Deliver {
+                    lease: DEFAULT_LEASE,
+                },
                 filter: Filter {
                     from,
-                    thread: p.thread,
+                    thread: names::optional(p.thread),
                     ids: None,
                 },
             };
-            let messages = store.wait(&me.id, &req, Duration::from_secs(secs))?;
-            let timed_out = messages.is_empty();
-            Ok(json!({"messages": messages, "timed_out": timed_out, "acked": !timed_out && req.mode == FetchMode::Take}))
+            Ok(store.wait(me, &req, Duration::from_secs(secs))?)
         })
         .await
     }
@@ -356,16 +417,6 @@ impl RelayServer {
     ) -> Result<CallToolResult, ErrorData> {
         self.blocking(move |s| Ok(serde_json::to_value(s.store()?.receipt(&p.id)?)?))
             .await
-    }
-}
-
-fn read_mode(ack: Option<bool>) -> FetchMode {
-    if ack.unwrap_or(true) {
-        FetchMode::Take
-    } else {
-        FetchMode::Deliver {
-            lease: DEFAULT_LEASE,
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::decide::{Decision, Facts, Reason, Resolution, decide};
 use crate::clock::now_ms;
-use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store};
+use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 
 /// Why a send did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,32 @@ pub struct Sent {
 /// `not-deliverable` — nothing is stored; [`Error::Store`] with
 /// [`store::Error::UnknownMessage`] when `reply_to` names no message, or backend errors.
 pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
+    Ok(send_all(store, vec![req])?.remove(0))
+}
+
+/// Sends several messages all or nothing: every one is decided first, and only when none
+/// is rejected are they stored, in one transaction.
+///
+/// # Errors
+/// As [`send`], for the first message that fails; then nothing is stored.
+pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, Error> {
+    let mut decisions = Vec::with_capacity(reqs.len());
+    let mut msgs = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        let (decision, msg) = plan(store, req)?;
+        decisions.push(decision);
+        msgs.push(msg);
+    }
+    let receipts = store.enqueue_batch(&msgs)?;
+    Ok(decisions
+        .into_iter()
+        .zip(receipts)
+        .map(|(route, receipt)| Sent { route, receipt })
+        .collect())
+}
+
+/// Gathers facts, decides, and builds the message to store. Writes nothing.
+fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), Error> {
     let lookup = store.lookup(&req.to)?;
     let (resolution, target) = match &lookup {
         Lookup::Found(e) => (Resolution::Found, Some(e)),
@@ -78,18 +104,23 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
     };
     let decision = decide(&facts, req.intent);
     let target = match (decision, target) {
+        (Decision::Mailbox, Some(t)) => t,
         (Decision::Reject(reason), _) => {
             return Err(Error::Rejected {
                 reason,
                 detail: reject_detail(reason, &req, &lookup, &facts),
             });
         }
-        (Decision::Mailbox, Some(t)) => t,
-        (Decision::Mailbox, None) => unreachable!("decide routes only found targets"),
+        // decide() only routes targets that were found.
+        (Decision::Mailbox, None) => {
+            return Err(Error::Rejected {
+                reason: Reason::UnknownTarget,
+                detail: reject_detail(Reason::UnknownTarget, &req, &lookup, &facts),
+            });
+        }
     };
-    // An empty thread name means no thread.
-    let given_thread = req.thread.clone().filter(|t| !t.is_empty());
-    let (reply_to, thread) = match &req.reply_to {
+    let given_thread = names::optional(req.thread.clone());
+    let (reply_to, thread) = match &names::optional(req.reply_to.clone()) {
         None => (None, given_thread),
         Some(r) => {
             let parent = store.receipt(r)?;
@@ -99,22 +130,19 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
             (Some(parent.id), Some(thread))
         }
     };
-    let receipt = store.enqueue(&NewMessage {
+    let msg = NewMessage {
         from: req.from.id.clone(),
         to: target.id.clone(),
         thread,
         reply_to,
         intent: req.intent,
-        content_type: req.content_type.clone(),
+        content_type: req.content_type,
         body: req.body,
         expires_at: req
             .ttl
-            .map(|t| now_ms().saturating_add(t.as_millis() as i64)),
-    })?;
-    Ok(Sent {
-        route: decision,
-        receipt,
-    })
+            .map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
+    };
+    Ok((decision, msg))
 }
 
 fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Facts) -> String {

@@ -6,4 +6,4 @@ mod decide;
 pub mod dispatch;
 
 pub use decide::{Decision, Facts, Reason, Resolution, decide};
-pub use dispatch::{Error, SendRequest, Sent, send};
+pub use dispatch::{Error, SendRequest, Sent, send, send_all};

@@ -77,7 +77,7 @@ pub enum Error {
         query: String,
     },
     /// A message id prefix matches several messages.
-    #[error("'{query}' matches {count} messages; give more of the id")]
+    #[error("'{query}' matches {count} or more messages; give more of the id")]
     AmbiguousMessage {
         /// What was looked up.
         query: String,

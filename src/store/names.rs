@@ -26,6 +26,12 @@ fn starts_alnum(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
+/// An optional argument given as an empty string means "not given" (models and scripts
+/// often send `""` for optional fields).
+pub fn optional(s: Option<String>) -> Option<String> {
+    s.filter(|v| !v.is_empty())
+}
+
 /// True for `8-4-4-4-12` hex with hyphens, or 32 bare hex digits.
 pub fn is_uuid_shaped(s: &str) -> bool {
     let hex = |p: &str| p.bytes().all(|b| b.is_ascii_hexdigit());

@@ -106,6 +106,12 @@ pub(crate) fn check_header(path: &Path) -> Result<(), Error> {
 /// Reads the schema version and refuses one newer than this binary.
 pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found < 0 {
+        // relay never writes a negative version: this is someone else's database.
+        return Err(Error::NotADatabase {
+            path: path.to_path_buf(),
+        });
+    }
     if found > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew {
             path: path.to_path_buf(),

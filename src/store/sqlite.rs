@@ -54,6 +54,18 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Logs a warning when a data directory that already existed is readable by others
+/// (`DirBuilder`'s mode only applies to directories it creates).
+fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(dir)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %dir.display(), mode = format!("{:o}", m.permissions().mode() & 0o777),
+            "relay's data directory is readable by other users; fix with: chmod 700 {}", dir.display());
+    }
+}
+
 /// Creates a directory (and parents) with mode 0700.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     DirBuilder::new()
@@ -77,6 +89,7 @@ impl SqliteStore {
     /// file cannot be created; [`Error::Sqlite`] otherwise.
     pub fn open(config: &Config) -> Result<SqliteStore> {
         create_private_dir(&config.home)?;
+        warn_if_shared(&config.home);
         let path = config.db_path();
         schema::check_header(&path)?;
         Self::create_private_file(&path)?;
@@ -137,11 +150,27 @@ impl SqliteStore {
     /// filter: the moment a waiter must look again even if no doorbell rings.
     fn next_lease_expiry(&self, recipient: &str, filter: &Filter) -> Result<Option<i64>> {
         let conn = self.conn();
+        // Only leases still running and messages that can still be delivered: a lapsed
+        // lease on an expired message would otherwise make every nap zero-length.
         let mut stmt = conn.prepare_cached(
             "SELECT min(lease_until) FROM messages WHERE recipient = ?1 AND state = 'delivered' \
+             AND lease_until > ?4 AND (expires_at IS NULL OR expires_at > ?4) \
              AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3)",
         )?;
-        Ok(stmt.query_row(params![recipient, filter.from, filter.thread], |r| r.get(0))?)
+        Ok(stmt.query_row(
+            params![recipient, filter.from, filter.thread, now_ms()],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// `PRAGMA synchronous` of this store's connection: 1 = NORMAL, 2 = FULL.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn synchronous(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?)
     }
 
     /// The wait loop: look, then sleep until the bell, a lease expiry, the backstop poll
@@ -486,7 +515,9 @@ impl Store for SqliteStore {
              AND (?4 IS NULL OR thread = ?4) \
              AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7)))";
         let lease_until = match req.mode {
-            FetchMode::Deliver { lease } => now.saturating_add(lease.as_millis() as i64),
+            FetchMode::Deliver { lease } => {
+                now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+            }
             _ => now,
         };
         let ids = req
@@ -632,6 +663,7 @@ impl Store for SqliteStore {
         match found.len() {
             0 => Err(unknown()),
             1 => Ok(found.remove(0)),
+            // LIMIT 11: "10 or more" is all a person needs to know.
             n => Err(Error::AmbiguousMessage {
                 query: id.to_string(),
                 count: n,
@@ -733,7 +765,8 @@ impl Store for SqliteStore {
 
     fn gc(&self, acked_before: Duration) -> Result<GcReport> {
         let now = now_ms();
-        let cutoff = now.saturating_sub(acked_before.as_millis() as i64);
+        let cutoff =
+            now.saturating_sub(i64::try_from(acked_before.as_millis()).unwrap_or(i64::MAX));
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let acked_deleted = tx.execute(
@@ -749,5 +782,57 @@ impl Store for SqliteStore {
             acked_deleted,
             expired_deleted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivered message whose lease lapsed and which expired can never be handed out
+    /// again, so it must not count as a lease to wake for (it made waits spin).
+    #[test]
+    fn lapsed_leases_on_expired_mail_are_not_wake_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&Config::at(dir.path().join("home"))).unwrap();
+        let reg = |n: &str| {
+            s.register(&Registration {
+                name: Some(n.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .endpoint
+            .id
+        };
+        let (a, b) = (reg("a"), reg("b"));
+        let id = s
+            .enqueue(&NewMessage {
+                from: a,
+                to: b.clone(),
+                thread: None,
+                reply_to: None,
+                intent: Intent::Notify,
+                content_type: TEXT_PLAIN.into(),
+                body: b"x".to_vec(),
+                expires_at: None,
+            })
+            .unwrap()
+            .id;
+        let now = now_ms();
+        let set = |lease: i64, expires: Option<i64>| {
+            s.conn()
+                .execute(
+                    "UPDATE messages SET state = 'delivered', lease_until = ?2, expires_at = ?3 WHERE id = ?1",
+                    params![id, lease, expires],
+                )
+                .unwrap();
+        };
+        set(now + 60_000, None);
+        assert_eq!(
+            s.next_lease_expiry(&b, &Filter::default()).unwrap(),
+            Some(now + 60_000)
+        );
+        set(now - 10, Some(now - 5));
+        assert_eq!(s.next_lease_expiry(&b, &Filter::default()).unwrap(), None);
     }
 }

@@ -1,0 +1,116 @@
+//! Who "me" is (DESIGN.md §9): `--as`, else `$RELAY_AS`, else the binding of the agent
+//! session this process runs in, else nobody.
+//!
+//! An agent's SessionStart hook records a binding {agent pid + start time → session
+//! endpoint}. Any relay process started by that agent (`relay mcp`, or `relay inbox` run
+//! from the agent's shell tool) walks its own ancestors and takes the nearest bound one
+//! whose start time still matches — so two sessions in one directory never share an
+//! identity, and a reused pid never matches.
+
+use serde::Serialize;
+
+use super::procfs;
+use crate::store::{self, Endpoint, ProcessRef, Store};
+
+/// Where an identity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The `--as` flag.
+    Flag,
+    /// The `RELAY_AS` environment variable.
+    Env,
+    /// The MCP `register` tool, for the rest of that MCP session.
+    Register,
+    /// A hook's binding of an ancestor agent process to its session.
+    Binding,
+}
+
+impl Source {
+    /// How a person would name it: `--as`, `RELAY_AS`, …
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::Flag => "--as",
+            Source::Env => "RELAY_AS",
+            Source::Register => "the register tool",
+            Source::Binding => "the agent session binding",
+        }
+    }
+}
+
+/// An explicitly chosen identity: what to resolve, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Name, id or id prefix to resolve.
+    pub query: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// A resolved identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Me {
+    /// The endpoint acted as.
+    pub endpoint: Endpoint,
+    /// How it was decided.
+    pub source: Source,
+    /// With [`Source::Binding`]: the bound agent process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRef>,
+}
+
+/// What to tell a user who has no identity.
+pub const HOW_TO_SET: &str = "no identity: pass --as NAME or set RELAY_AS=NAME \
+     (register the name first with `relay register NAME`), or run inside an agent session \
+     whose relay hooks are installed (`relay install claude` or `relay install codex`)";
+
+/// No identity could be found; the text says how to get one.
+#[derive(Debug, thiserror::Error)]
+#[error("{HOW_TO_SET}")]
+pub struct NoIdentity;
+
+/// Picks the explicit identity: `flag` when given and non-empty, else `$RELAY_AS`.
+pub fn explicit(flag: Option<&str>) -> Option<Identity> {
+    if let Some(f) = flag.filter(|f| !f.is_empty()) {
+        return Some(Identity {
+            query: f.to_string(),
+            source: Source::Flag,
+        });
+    }
+    std::env::var("RELAY_AS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|query| Identity {
+            query,
+            source: Source::Env,
+        })
+}
+
+/// The nearest ancestor of this process bound to a session, with its endpoint.
+///
+/// # Errors
+/// Store errors.
+pub fn from_binding(store: &dyn Store) -> store::Result<Option<Me>> {
+    let refs: Vec<ProcessRef> = procfs::ancestors().iter().map(|s| s.process).collect();
+    Ok(store.bound(&refs)?.map(|(p, endpoint)| Me {
+        endpoint,
+        source: Source::Binding,
+        process: Some(p),
+    }))
+}
+
+/// Resolves "me": the explicit identity if any (it always wins), else a binding.
+///
+/// # Errors
+/// [`NoIdentity`] when there is neither; the store's `UnknownEndpoint` /
+/// `AmbiguousEndpoint` when an explicit identity does not resolve; store errors.
+pub fn resolve(store: &dyn Store, explicit: Option<&Identity>) -> anyhow::Result<Me> {
+    match explicit {
+        Some(id) => Ok(Me {
+            endpoint: store.resolve(&id.query)?,
+            source: id.source,
+            process: None,
+        }),
+        None => from_binding(store)?.ok_or_else(|| NoIdentity.into()),
+    }
+}
