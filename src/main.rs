@@ -6,6 +6,10 @@ use clap::Parser;
 use relay::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // No backtraces for users: one line naming the bug, then exit 101 as Rust does.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("relay: internal error: {info}; please report it");
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -1,5 +1,53 @@
 //! Agent integration (DESIGN.md §9): who a session is, hooks that put mail into its
 //! context, the untrusted-data fence, config install, session discovery and wake.
 
+pub mod fence;
+pub mod hook;
 pub mod identity;
 pub mod procfs;
+
+use crate::store::Kind;
+
+/// An agent relay integrates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Agent {
+    /// Anthropic's Claude Code.
+    Claude,
+    /// OpenAI's Codex CLI.
+    Codex,
+}
+
+impl Agent {
+    /// Both agents.
+    pub const ALL: [Agent; 2] = [Agent::Claude, Agent::Codex];
+
+    /// The endpoint kind of its sessions.
+    pub fn kind(self) -> Kind {
+        match self {
+            Agent::Claude => Kind::ClaudeCode,
+            Agent::Codex => Kind::Codex,
+        }
+    }
+
+    /// Command-line spelling: `claude`, `codex`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Agent::Claude => "claude",
+            Agent::Codex => "codex",
+        }
+    }
+
+    /// Product name: `Claude Code`, `Codex`.
+    pub fn display(self) -> &'static str {
+        match self {
+            Agent::Claude => "Claude Code",
+            Agent::Codex => "Codex",
+        }
+    }
+
+    /// The agent whose sessions have this endpoint kind, if any.
+    pub fn of_kind(kind: Kind) -> Option<Agent> {
+        Agent::ALL.into_iter().find(|a| a.kind() == kind)
+    }
+}

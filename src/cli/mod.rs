@@ -10,6 +10,7 @@ mod ack;
 mod bench;
 mod demo;
 mod gc;
+mod hook;
 mod inbox;
 mod mcp;
 mod output;
@@ -96,6 +97,8 @@ pub enum Command {
     Status(status::Args),
     /// Delete old acked and expired messages.
     Gc(gc::Args),
+    /// Run an agent hook (SessionStart, UserPromptSubmit, Stop); installed by `relay install`.
+    Hook(hook::Args),
     /// Serve the relay tools over MCP on stdin/stdout (for Claude Code, Codex, ...).
     Mcp(mcp::Args),
     /// Run relay's main job on real processes and print what happened.
@@ -226,6 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Wait(a) => wait::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
+        Command::Hook(a) => hook::run(&ctx, a),
         Command::Mcp(a) => mcp::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),

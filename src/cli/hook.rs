@@ -1,0 +1,45 @@
+//! `relay hook <agent> <event>`: run one agent hook (installed by `relay install`).
+
+use std::io::Read;
+
+use super::{Ctx, EXIT_OK};
+use crate::agents::Agent;
+use crate::agents::hook::{self, Event, MAX_INPUT};
+use crate::store::Store;
+
+/// Arguments of `relay hook`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Reads the hook JSON on stdin and prints the agent's hook output \
+(or nothing). Always exits 0: a failing hook logs to stderr and never stalls the agent.
+Installed for you by `relay install claude` / `relay install codex`.")]
+pub struct Args {
+    /// Which agent runs the hook.
+    #[arg(value_enum)]
+    pub agent: Agent,
+    /// Which event.
+    #[arg(value_enum)]
+    pub event: Event,
+}
+
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let mut input = Vec::new();
+    let read = std::io::stdin()
+        .lock()
+        .take(MAX_INPUT as u64 + 1)
+        .read_to_end(&mut input);
+    if let Err(e) = read {
+        eprintln!("relay hook: cannot read stdin: {e}");
+        return Ok(EXIT_OK);
+    }
+    if input.len() > MAX_INPUT {
+        eprintln!("relay hook: payload over {MAX_INPUT} bytes; ignored");
+        return Ok(EXIT_OK);
+    }
+    let config = ctx.config.clone();
+    let open = move || -> anyhow::Result<Box<dyn Store>> {
+        Ok(Box::new(crate::store::SqliteStore::open(&config)?))
+    };
+    let mut out = std::io::stdout().lock();
+    hook::run(open, a.agent, a.event, &input, &mut out);
+    Ok(EXIT_OK)
+}
