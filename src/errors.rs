@@ -35,6 +35,20 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
         if let Some(e) = cause.downcast_ref::<store::Error>() {
             return classify_store(e);
         }
+        if let Some(e) = cause.downcast_ref::<crate::agents::wake::Error>() {
+            use crate::agents::wake::Error::*;
+            return match e {
+                NotAgent { .. } | NotUuid { .. } | NoCwd { .. } => ("not-wakeable", EXIT_REJECTED),
+                InProgress { .. } => ("wake-in-progress", EXIT_REJECTED),
+                Spawn { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
+            };
+        }
+        if cause
+            .downcast_ref::<crate::agents::install::Error>()
+            .is_some()
+        {
+            return ("config", EXIT_FAILURE);
+        }
         if cause.downcast_ref::<UsageError>().is_some()
             || cause.downcast_ref::<ConfigError>().is_some()
         {

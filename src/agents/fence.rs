@@ -100,9 +100,7 @@ pub fn sanitize(text: &str) -> String {
         let stripped = ANSI.replace_all(&s, "");
         let cleaned: String = stripped
             .chars()
-            .filter(|&c| {
-                c == '\n' || c == '\t' || !(c.is_control() || invisible(c))
-            })
+            .filter(|&c| c == '\n' || c == '\t' || !(c.is_control() || invisible(c)))
             .collect();
         let defused = TAG_LIKE
             // Keep what followed the opener readable, minus the tag power.
@@ -220,12 +218,19 @@ mod tests {
 
     /// Tag-like things that survive rendering (should be exactly our two lines).
     fn tags(text: &str) -> usize {
-        Regex::new(r"(?i)<\s*/?\s*relay[\s_\-]*mail").unwrap().find_iter(text).count()
+        Regex::new(r"(?i)<\s*/?\s*relay[\s_\-]*mail")
+            .unwrap()
+            .find_iter(text)
+            .count()
     }
 
     #[test]
     fn one_block_with_header_entries_and_no_note_when_all_fit() {
-        let r = render(&[msg("m1", "alice", "hello"), msg("m2", "bob", "hi")], Caps::default(), "x");
+        let r = render(
+            &[msg("m1", "alice", "hello"), msg("m2", "bob", "hi")],
+            Caps::default(),
+            "x",
+        );
         assert!(r.text.starts_with(HEADER));
         assert!(r.text.contains("\n<relay-mail>\n[message m1 from alice"));
         assert!(r.text.ends_with("</relay-mail>\n"));
@@ -271,7 +276,10 @@ mod tests {
         assert!(r.shown.is_empty());
         assert!(!r.cut.is_empty());
         assert_eq!(r.cut.len() + r.omitted, 10);
-        assert!(r.text.contains("not shown in full: read them with `relay inbox`"));
+        assert!(
+            r.text
+                .contains("not shown in full: read them with `relay inbox`")
+        );
         assert_eq!(tags(&r.text), 2);
     }
 }

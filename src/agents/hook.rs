@@ -106,7 +106,12 @@ const STOP_MEMORY: &str = "relay_last_stop_block";
 ///
 /// # Errors
 /// An invalid payload (not JSON, no usable `session_id`) or store errors.
-pub fn handle(store: &dyn Store, agent: Agent, event: Event, input: &[u8]) -> anyhow::Result<Outcome> {
+pub fn handle(
+    store: &dyn Store,
+    agent: Agent,
+    event: Event,
+    input: &[u8],
+) -> anyhow::Result<Outcome> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| anyhow::anyhow!("hook payload is not the expected JSON: {e}"))?;
     names::check_id(&input.session_id)?;
@@ -222,12 +227,26 @@ fn default_name(store: &dyn Store, input: &Input) -> anyhow::Result<Option<Strin
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .skip_while(|c| !c.is_ascii_alphanumeric())
         .take(40)
         .collect();
-    let base = if base.is_empty() { "session".to_string() } else { base };
-    let id: String = input.session_id.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let base = if base.is_empty() {
+        "session".to_string()
+    } else {
+        base
+    };
+    let id: String = input
+        .session_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     for n in [4, 8, 12] {
         let candidate = format!("{base}-{}", &id[..n.min(id.len())]);
         if names::check_name(&candidate).is_err() {
@@ -335,6 +354,10 @@ pub fn run(
     match std::panic::catch_unwind(work) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("relay hook {} {}: {e:#}", agent.name(), event.arg()),
-        Err(_) => tracing::error!("relay hook {} {}: internal error", agent.name(), event.arg()),
+        Err(_) => tracing::error!(
+            "relay hook {} {}: internal error",
+            agent.name(),
+            event.arg()
+        ),
     }
 }

@@ -1,10 +1,15 @@
 //! Agent integration (DESIGN.md §9): who a session is, hooks that put mail into its
 //! context, the untrusted-data fence, config install, session discovery and wake.
 
+pub mod claude;
+pub mod codex;
+pub mod discover;
 pub mod fence;
 pub mod hook;
 pub mod identity;
+pub mod install;
 pub mod procfs;
+pub mod wake;
 
 use crate::store::Kind;
 

@@ -94,6 +94,7 @@ fn send_latency(
             thread: None,
             reply_to: None,
             ttl: None,
+            wake: false,
         };
         let t = Instant::now();
         route::send(&store, req)?;
@@ -230,6 +231,7 @@ fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
                 thread: None,
                 reply_to: None,
                 ttl: None,
+                wake: false,
             },
         )?;
         let line = lines

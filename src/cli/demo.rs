@@ -98,6 +98,7 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
                 thread: None,
                 reply_to,
                 ttl: None,
+                wake: false,
             },
         )
     };

@@ -9,9 +9,11 @@ use crate::store::Store;
 
 /// Arguments of `relay hook`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Reads the hook JSON on stdin and prints the agent's hook output \
+#[command(
+    after_help = "Reads the hook JSON on stdin and prints the agent's hook output \
 (or nothing). Always exits 0: a failing hook logs to stderr and never stalls the agent.
-Installed for you by `relay install claude` / `relay install codex`.")]
+Installed for you by `relay install claude` / `relay install codex`."
+)]
 pub struct Args {
     /// Which agent runs the hook.
     #[arg(value_enum)]

@@ -9,9 +9,11 @@
 mod ack;
 mod bench;
 mod demo;
+mod discover;
 mod gc;
 mod hook;
 mod inbox;
+mod install;
 mod mcp;
 mod output;
 mod register;
@@ -19,6 +21,7 @@ mod roster;
 mod send;
 mod status;
 mod wait;
+mod wake;
 mod whoami;
 
 use std::time::Duration;
@@ -97,6 +100,14 @@ pub enum Command {
     Status(status::Args),
     /// Delete old acked and expired messages.
     Gc(gc::Args),
+    /// Add relay's MCP server and hooks to Claude Code or Codex.
+    Install(install::Args),
+    /// Remove exactly what `relay install` added.
+    Uninstall(install::Args),
+    /// List recent Claude Code and Codex sessions on this machine (read-only).
+    Discover(discover::Args),
+    /// Resume a dormant agent session headlessly so it reads its mail.
+    Wake(wake::Args),
     /// Run an agent hook (SessionStart, UserPromptSubmit, Stop); installed by `relay install`.
     Hook(hook::Args),
     /// Serve the relay tools over MCP on stdin/stdout (for Claude Code, Codex, ...).
@@ -230,6 +241,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(a) => status::run(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Hook(a) => hook::run(&ctx, a),
+        Command::Discover(a) => discover::run(&ctx, a),
+        Command::Wake(a) => wake::run(&ctx, a),
+        Command::Install(a) => install::run(&ctx, a, crate::agents::install::Action::Install),
+        Command::Uninstall(a) => install::run(&ctx, a, crate::agents::install::Action::Uninstall),
         Command::Mcp(a) => mcp::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),

@@ -42,9 +42,21 @@ pub struct Args {
     /// Id (or unique prefix) of the message this answers; its thread is kept.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
+    /// Also resume the (dormant) target agent session so it reads the mail now: Claude Code
+    /// and Codex sessions only. The wake runs in the background; see `relay wake`.
+    #[arg(long, conflicts_with = "lines")]
+    pub wake: bool,
     /// Drop the message if nobody read it within this long, e.g. 10m (up to 365 days).
     #[arg(long, value_parser = super::parse_ttl)]
     pub ttl: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Single<'a> {
+    #[serde(flatten)]
+    sent: &'a Sent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wake: Option<&'a crate::agents::wake::FollowUp>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +122,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             thread: a.thread.clone(),
             reply_to: a.reply_to.clone(),
             ttl: a.ttl,
+            wake: a.wake,
         })
         .collect();
     let sent = route::send_all(&store as &dyn Store, reqs)?;
@@ -132,7 +145,27 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             doc.sent.iter().map(human).collect::<Vec<_>>().join("\n")
         });
     } else if let Some(s) = sent.first() {
-        output::emit(ctx.json, s, || human(s));
+        let wake = crate::agents::wake::follow_up(&ctx.config.home, s);
+        let doc = Single {
+            sent: s,
+            wake: wake.as_ref(),
+        };
+        output::emit(ctx.json, &doc, || {
+            let mut text = human(s);
+            match &wake {
+                Some(crate::agents::wake::FollowUp::Started(w)) => text.push_str(&format!(
+                    "\nwaking {} in the background (pid {}, log {})",
+                    s.receipt.to_name.as_deref().unwrap_or(&s.receipt.to),
+                    w.pid,
+                    w.log.display()
+                )),
+                Some(crate::agents::wake::FollowUp::Failed(e)) => {
+                    text.push_str(&format!("\nqueued, but {e}"))
+                }
+                None => {}
+            }
+            text
+        });
     }
     Ok(EXIT_OK)
 }

@@ -73,6 +73,10 @@ pub struct SendParams {
     /// Id of the message you are answering; keeps its thread. Optional.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// Also resume the recipient if it is an idle Claude Code or Codex session, so it reads
+    /// the message now (default false).
+    #[serde(default)]
+    pub wake: Option<bool>,
 }
 
 /// `inbox` parameters.
@@ -334,9 +338,14 @@ impl RelayServer {
                     thread: p.thread,
                     reply_to: p.reply_to,
                     ttl: None,
+                    wake: p.wake.unwrap_or(false),
                 },
             )?;
-            Ok(serde_json::to_value(&sent)?)
+            let mut doc = serde_json::to_value(&sent)?;
+            if let Some(w) = crate::agents::wake::follow_up(&s.config.home, &sent) {
+                doc["wake"] = serde_json::to_value(w)?;
+            }
+            Ok(doc)
         })
         .await
     }

@@ -1,14 +1,14 @@
-//! The pure decider (DESIGN.md §7): `(facts about the target, intent) → decision`.
+//! The pure decider (DESIGN.md §7): `(facts about the target, what the sender asks) →
+//! decision`. No I/O: [`super::dispatch`] gathers the facts.
 //!
-//! This slice has no live transport, so the routes are `mailbox` or a named reject. The
-//! live state and wake ability join [`Facts`] as new fields with defaults gathered by
-//! [`super::dispatch`], so callers of [`super::send`] do not change when they arrive.
+//! The live socket route joins later as a new fact (live state) and a new decision; the
+//! callers of [`super::send`] do not change when it does.
 
 use serde::Serialize;
 
 use crate::store::Intent;
 
-/// What the router knows about a target when it decides.
+/// How the target query resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Resolution {
@@ -27,10 +27,22 @@ pub struct Facts {
     pub resolution: Resolution,
     /// Whether the target reads a mailbox (`Endpoint::mailbox`).
     pub consumes_mailbox: bool,
+    /// Whether the target is a dormant agent session relay can resume: a Claude Code or
+    /// Codex endpoint with a UUID session id and a working directory that exists.
+    pub wakeable: bool,
     /// Body size in bytes.
     pub body_len: usize,
     /// Body cap in bytes.
     pub body_cap: usize,
+}
+
+/// What the sender asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Notify or request.
+    pub intent: Intent,
+    /// Resume the target session after queuing (`send --wake`).
+    pub wake: bool,
 }
 
 /// How a message travels.
@@ -39,15 +51,21 @@ pub struct Facts {
 pub enum Decision {
     /// Into the durable store, read later.
     Mailbox,
+    /// Into the durable store, then the dormant session is resumed to read it.
+    Wake,
     /// Not sent; nothing is written anywhere.
     Reject(Reason),
 }
 
 impl Decision {
-    /// The route's stable name: `mailbox` or `reject`.
+    /// Every route, for tables that must cover them all.
+    pub const ROUTES: [&'static str; 3] = ["mailbox", "wake", "reject"];
+
+    /// The route's stable name: `mailbox`, `wake` or `reject`.
     pub fn route_name(self) -> &'static str {
         match self {
             Decision::Mailbox => "mailbox",
+            Decision::Wake => "wake",
             Decision::Reject(_) => "reject",
         }
     }
@@ -65,15 +83,18 @@ pub enum Reason {
     TooLarge,
     /// The target reads no mailbox and has no other way to receive.
     NotDeliverable,
+    /// A wake was asked for, but the target is not a resumable agent session.
+    NotWakeable,
 }
 
 impl Reason {
     /// Every reason this decider can produce.
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::UnknownTarget,
         Reason::AmbiguousTarget,
         Reason::TooLarge,
         Reason::NotDeliverable,
+        Reason::NotWakeable,
     ];
 
     /// The stable spelling, e.g. `unknown-target`.
@@ -83,6 +104,7 @@ impl Reason {
             Reason::AmbiguousTarget => "ambiguous-target",
             Reason::TooLarge => "too-large",
             Reason::NotDeliverable => "not-deliverable",
+            Reason::NotWakeable => "not-wakeable",
         }
     }
 }
@@ -93,37 +115,61 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Decides the route. Target resolution is checked first (nothing else is known about a
-/// target that was not found), then size, then whether any path can carry it.
+/// Decides the route. Resolution first (nothing else is known about a target that was
+/// not found), then size, then whether the mailbox can carry it, then the wake.
 ///
-/// `intent` does not change a mailbox decision: every endpoint that reads its mailbox can
-/// answer a request through its own mailbox send. It starts to matter with live routing,
-/// where a request to a target that cannot reply is `bad-target`.
-pub fn decide(facts: &Facts, intent: Intent) -> Decision {
-    match (facts.resolution, intent) {
-        (Resolution::Unknown, _) => Decision::Reject(Reason::UnknownTarget),
-        (Resolution::Ambiguous, _) => Decision::Reject(Reason::AmbiguousTarget),
-        (Resolution::Found, _) if facts.body_len > facts.body_cap => {
-            Decision::Reject(Reason::TooLarge)
-        }
-        (Resolution::Found, Intent::Notify | Intent::Request) if facts.consumes_mailbox => {
-            Decision::Mailbox
-        }
-        (Resolution::Found, _) => Decision::Reject(Reason::NotDeliverable),
+/// `ask.intent` does not change a mailbox decision: every endpoint that reads its mailbox
+/// can answer a request through its own send. It starts to matter with live routing, where
+/// a request to a target that cannot reply is `bad-target`.
+pub fn decide(facts: &Facts, ask: Ask) -> Decision {
+    match facts.resolution {
+        Resolution::Unknown => return Decision::Reject(Reason::UnknownTarget),
+        Resolution::Ambiguous => return Decision::Reject(Reason::AmbiguousTarget),
+        Resolution::Found => {}
+    }
+    if facts.body_len > facts.body_cap {
+        return Decision::Reject(Reason::TooLarge);
+    }
+    if !facts.consumes_mailbox {
+        return Decision::Reject(Reason::NotDeliverable);
+    }
+    match (ask.wake, facts.wakeable) {
+        (false, _) => Decision::Mailbox,
+        (true, true) => Decision::Wake,
+        (true, false) => Decision::Reject(Reason::NotWakeable),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Decision::*;
+    use Reason::*;
 
-    /// Every cell of resolution × mailbox × size × intent, with the decision each must give.
+    /// The expected decision for a cell, written as a first-match rule list (a different
+    /// shape from `decide`, so a slip in one does not hide in the other).
+    fn expected(r: Resolution, mailbox: bool, over: bool, wake: bool, wakeable: bool) -> Decision {
+        let rules: [(bool, Decision); 7] = [
+            (r == Resolution::Unknown, Reject(UnknownTarget)),
+            (r == Resolution::Ambiguous, Reject(AmbiguousTarget)),
+            (over, Reject(TooLarge)),
+            (!mailbox, Reject(NotDeliverable)),
+            (wake && !wakeable, Reject(NotWakeable)),
+            (wake, Wake),
+            (true, Mailbox),
+        ];
+        rules
+            .into_iter()
+            .find(|(when, _)| *when)
+            .map(|(_, d)| d)
+            .unwrap()
+    }
+
+    /// Every cell: resolution × mailbox × size × intent × wake × wakeable.
     #[test]
     fn table_covers_every_cell_and_every_outcome() {
-        use Decision::*;
-        use Reason::*;
         let cap = 100;
-        let mut seen_decisions = Vec::new();
+        let mut seen = Vec::new();
         let mut cells = 0;
         for resolution in [
             Resolution::Found,
@@ -133,54 +179,126 @@ mod tests {
             for consumes_mailbox in [true, false] {
                 for body_len in [0, cap, cap + 1] {
                     for intent in Intent::ALL {
-                        let facts = Facts {
-                            resolution,
-                            consumes_mailbox,
-                            body_len,
-                            body_cap: cap,
-                        };
-                        let expected = match resolution {
-                            Resolution::Unknown => Reject(UnknownTarget),
-                            Resolution::Ambiguous => Reject(AmbiguousTarget),
-                            Resolution::Found if body_len > cap => Reject(TooLarge),
-                            Resolution::Found if consumes_mailbox => Mailbox,
-                            Resolution::Found => Reject(NotDeliverable),
-                        };
-                        let got = decide(&facts, intent);
-                        assert_eq!(got, expected, "{facts:?} {intent:?}");
-                        seen_decisions.push(got);
-                        cells += 1;
+                        for wake in [false, true] {
+                            for wakeable in [false, true] {
+                                let facts = Facts {
+                                    resolution,
+                                    consumes_mailbox,
+                                    wakeable,
+                                    body_len,
+                                    body_cap: cap,
+                                };
+                                let got = decide(&facts, Ask { intent, wake });
+                                let want = expected(
+                                    resolution,
+                                    consumes_mailbox,
+                                    body_len > cap,
+                                    wake,
+                                    wakeable,
+                                );
+                                assert_eq!(got, want, "{facts:?} intent={intent:?} wake={wake}");
+                                seen.push(got);
+                                cells += 1;
+                            }
+                        }
                     }
                 }
             }
         }
-        assert_eq!(cells, 3 * 2 * 3 * 2);
-        assert!(seen_decisions.contains(&Mailbox), "Mailbox never produced");
+        assert_eq!(cells, 3 * 2 * 3 * 2 * 2 * 2);
+        // Every route and every reason must be produced by some cell. The match is
+        // exhaustive, so a new variant fails to compile until it is listed here.
+        for d in &seen {
+            match d {
+                Mailbox | Wake => {}
+                Reject(
+                    UnknownTarget | AmbiguousTarget | TooLarge | NotDeliverable | NotWakeable,
+                ) => {}
+            }
+        }
+        for route in Decision::ROUTES {
+            assert!(
+                seen.iter().any(|d| d.route_name() == route),
+                "route {route} never produced"
+            );
+        }
         for reason in Reason::ALL {
             assert!(
-                seen_decisions.contains(&Reject(reason)),
+                seen.contains(&Reject(reason)),
                 "reason {reason} never produced"
             );
         }
     }
 
     #[test]
-    fn reasons_have_stable_kebab_names() {
-        let names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    fn a_few_cells_spelled_out() {
+        let found = Facts {
+            resolution: Resolution::Found,
+            consumes_mailbox: true,
+            wakeable: true,
+            body_len: 10,
+            body_cap: 100,
+        };
+        let notify = Ask {
+            intent: Intent::Notify,
+            wake: false,
+        };
+        let wake = Ask {
+            intent: Intent::Request,
+            wake: true,
+        };
+        assert_eq!(decide(&found, notify), Mailbox);
+        assert_eq!(decide(&found, wake), Wake);
         assert_eq!(
-            names,
-            [
-                "unknown-target",
-                "ambiguous-target",
-                "too-large",
-                "not-deliverable"
-            ]
+            decide(
+                &Facts {
+                    wakeable: false,
+                    ..found
+                },
+                wake
+            ),
+            Reject(NotWakeable)
         );
+        assert_eq!(
+            decide(
+                &Facts {
+                    body_len: 101,
+                    ..found
+                },
+                wake
+            ),
+            Reject(TooLarge)
+        );
+        assert_eq!(
+            decide(
+                &Facts {
+                    consumes_mailbox: false,
+                    ..found
+                },
+                notify
+            ),
+            Reject(NotDeliverable)
+        );
+        assert_eq!(
+            decide(
+                &Facts {
+                    resolution: Resolution::Ambiguous,
+                    ..found
+                },
+                notify
+            ),
+            Reject(AmbiguousTarget)
+        );
+    }
+
+    #[test]
+    fn reasons_have_stable_kebab_names() {
         for r in Reason::ALL {
             assert_eq!(
                 serde_json::to_value(r).unwrap(),
                 serde_json::json!(r.as_str())
             );
         }
+        assert_eq!(Reason::NotWakeable.as_str(), "not-wakeable");
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decide::{Decision, Facts, Reason, Resolution, decide};
+use super::decide::{Ask, Decision, Facts, Reason, Resolution, decide};
 use crate::clock::now_ms;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 
@@ -44,6 +44,8 @@ pub struct SendRequest {
     pub reply_to: Option<String>,
     /// Time to live; the message is not delivered after it and `gc` removes it.
     pub ttl: Option<Duration>,
+    /// Resume the target session after queuing (it must be a resumable agent session).
+    pub wake: bool,
 }
 
 /// What a send did: the route it took and the receipt as stored.
@@ -99,12 +101,19 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
     let facts = Facts {
         resolution,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
+        wakeable: target.is_some_and(wakeable),
         body_len: req.body.len(),
         body_cap: store.max_body(),
     };
-    let decision = decide(&facts, req.intent);
+    let decision = decide(
+        &facts,
+        Ask {
+            intent: req.intent,
+            wake: req.wake,
+        },
+    );
     let target = match (decision, target) {
-        (Decision::Mailbox, Some(t)) => t,
+        (Decision::Mailbox | Decision::Wake, Some(t)) => t,
         (Decision::Reject(reason), _) => {
             return Err(Error::Rejected {
                 reason,
@@ -112,7 +121,7 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
             });
         }
         // decide() only routes targets that were found.
-        (Decision::Mailbox, None) => {
+        (Decision::Mailbox | Decision::Wake, None) => {
             return Err(Error::Rejected {
                 reason: Reason::UnknownTarget,
                 detail: reject_detail(Reason::UnknownTarget, &req, &lookup, &facts),
@@ -145,6 +154,15 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
     Ok((decision, msg))
 }
 
+/// A Claude Code or Codex session with a UUID id and a working directory that exists.
+fn wakeable(e: &Endpoint) -> bool {
+    matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex)
+        && names::is_uuid_shaped(&e.id)
+        && e.cwd
+            .as_deref()
+            .is_some_and(|c| std::path::Path::new(c).is_dir())
+}
+
 fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Facts) -> String {
     match (reason, lookup) {
         (Reason::AmbiguousTarget, Lookup::Ambiguous(c)) => store::Error::AmbiguousEndpoint {
@@ -169,5 +187,12 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
             t.display_name()
         ),
         (Reason::NotDeliverable, _) => format!("{} cannot receive mail", req.to),
+        (Reason::NotWakeable, Lookup::Found(t)) => format!(
+            "{} cannot be woken: only Claude Code and Codex sessions (with a session id and \
+             an existing working directory) can be resumed; send without --wake to leave it \
+             in the mailbox. Nothing was sent",
+            t.display_name()
+        ),
+        (Reason::NotWakeable, _) => format!("{} cannot be woken", req.to),
     }
 }

@@ -1,0 +1,708 @@
+//! `relay install` / `relay uninstall`: add relay's MCP server and hooks to an agent's
+//! config, and take exactly them out again.
+//!
+//! - Edits are computed first as a [`Plan`] of whole-file changes, so `--dry-run` can show
+//!   a unified diff and nothing is half-written.
+//! - JSON files keep their key order, indentation and final newline; TOML files are edited
+//!   with `toml_edit`, so comments and ordering survive.
+//! - Install is idempotent: an entry that is already current stays where it is. Entries
+//!   from an older relay binary (another path) are replaced.
+//! - Every changed file that existed is first copied to `<file>.relay-backup-<UTC time>`.
+//! - Uninstall removes only relay's entries (and containers it left empty). When the
+//!   result equals, as data, the newest backup made by install, that backup's bytes are
+//!   restored, so install followed by uninstall leaves a file byte-identical.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::hook::Event;
+use super::{Agent, claude, codex};
+
+/// Which config an install goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// The user's own config (every project).
+    User,
+    /// The current project's config.
+    Project,
+}
+
+/// Install or uninstall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Add relay's entries.
+    Install,
+    /// Remove relay's entries.
+    Uninstall,
+}
+
+/// Where things are, for planning (tests point these at temp dirs).
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The user's home directory.
+    pub home: PathBuf,
+    /// The project directory (for `--scope project`).
+    pub project: PathBuf,
+    /// The relay binary the entries should run (absolute).
+    pub exe: PathBuf,
+}
+
+/// One file's change.
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    /// The file.
+    pub path: PathBuf,
+    /// What it is, e.g. "Claude Code hooks".
+    pub what: &'static str,
+    /// Contents now (`None`: the file does not exist).
+    pub before: Option<String>,
+    /// Contents after (`None`: delete the file).
+    pub after: Option<String>,
+}
+
+impl FileChange {
+    /// True when the plan leaves the file as it is.
+    pub fn unchanged(&self) -> bool {
+        self.before == self.after
+    }
+}
+
+/// Every file change of one install or uninstall.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The changes, one per file.
+    pub files: Vec<FileChange>,
+    /// Things the user must know or do (printed after applying).
+    pub notes: Vec<String>,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// The file.
+    pub path: PathBuf,
+    /// What it is.
+    pub what: &'static str,
+    /// `created`, `updated`, `deleted` or `unchanged`.
+    pub action: &'static str,
+    /// The backup taken first, if any.
+    pub backup: Option<PathBuf>,
+}
+
+/// An install or uninstall that cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config file is not valid JSON/TOML. Nothing was changed.
+    #[error(
+        "{path} is not valid {format}: {reason}; fix or move it, then run again (nothing was changed)"
+    )]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+        /// `JSON` or `TOML`.
+        format: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A JSON config's top level, or a part relay edits, has the wrong type.
+    #[error(
+        "{path}: {what} is not a JSON object; fix the file, then run again (nothing was changed)"
+    )]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// Which part.
+        what: String,
+    },
+    /// An MCP server named `relay` exists and is not relay.
+    #[error(
+        "{path} already has an MCP server named 'relay' that runs {command:?}, not relay; rename or remove it first"
+    )]
+    NameClash {
+        /// The file.
+        path: PathBuf,
+        /// What it runs.
+        command: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {err}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        err: std::io::Error,
+    },
+}
+
+fn read(path: &Path) -> Result<Option<String>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(Error::Io {
+            path: path.to_path_buf(),
+            err,
+        }),
+    }
+}
+
+/// Quotes a path for the shell that runs a hook command, only when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The hook command relay installs for `agent` and `event`.
+pub fn hook_command(exe: &Path, agent: Agent, event: Event) -> String {
+    format!(
+        "{} hook {} {}",
+        shell_quote(&exe.to_string_lossy()),
+        agent.name(),
+        event.arg()
+    )
+}
+
+/// Whether `command` is a relay hook for `agent`/`event` from any relay binary.
+pub fn is_relay_hook(command: &str, agent: Agent, event: Event) -> bool {
+    let command = command.trim();
+    let (program, rest) = if let Some(q) = command.strip_prefix('\'') {
+        match q.find('\'') {
+            Some(end) => (&q[..end], &q[end + 1..]),
+            None => return false,
+        }
+    } else {
+        command.split_once(' ').unwrap_or((command, ""))
+    };
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let args: Vec<&str> = rest.split_whitespace().collect();
+    name == "relay" && args == ["hook", agent.name(), event.arg()]
+}
+
+// ---- JSON editing, keeping the file's own layout ----
+
+struct JsonLayout {
+    indent: String,
+    final_newline: bool,
+}
+
+fn layout(text: &str) -> JsonLayout {
+    let indent = text
+        .lines()
+        .skip(1)
+        .find(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.chars()
+                .take_while(|c| *c == ' ' || *c == '\t')
+                .collect::<String>()
+        })
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "  ".into());
+    JsonLayout {
+        indent,
+        final_newline: text.is_empty() || text.ends_with('\n'),
+    }
+}
+
+fn to_text(v: &Value, l: &JsonLayout) -> String {
+    use serde::Serialize;
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(l.indent.as_bytes());
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    v.serialize(&mut ser).expect("a Value always serializes");
+    let mut s = String::from_utf8(buf).expect("serde_json writes UTF-8");
+    if l.final_newline {
+        s.push('\n');
+    }
+    s
+}
+
+fn parse_json(path: &Path, text: Option<&str>) -> Result<Value, Error> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(Value::Object(Map::new())),
+        Some(t) => {
+            let v: Value = serde_json::from_str(t).map_err(|e| Error::Unparsable {
+                path: path.to_path_buf(),
+                format: "JSON",
+                reason: e.to_string(),
+            })?;
+            if !v.is_object() {
+                return Err(Error::Shape {
+                    path: path.to_path_buf(),
+                    what: "the top level".into(),
+                });
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// `root[key]` as an object, created if missing.
+fn object_at<'a>(
+    root: &'a mut Value,
+    key: &str,
+    path: &Path,
+) -> Result<&'a mut Map<String, Value>, Error> {
+    let obj = root.as_object_mut().expect("checked to be an object");
+    let entry = obj.entry(key.to_string()).or_insert_with(|| json!({}));
+    entry.as_object_mut().ok_or_else(|| Error::Shape {
+        path: path.to_path_buf(),
+        what: format!("\"{key}\""),
+    })
+}
+
+fn drop_if_empty(root: &mut Value, key: &str) {
+    if let Some(obj) = root.as_object_mut()
+        && obj
+            .get(key)
+            .is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
+    {
+        obj.remove(key);
+    }
+}
+
+/// Adds or removes relay's three hooks in a hooks JSON document (Claude Code settings or
+/// Codex hooks.json; same shape).
+fn edit_hooks(
+    root: &mut Value,
+    path: &Path,
+    env: &Env,
+    agent: Agent,
+    action: Action,
+) -> Result<(), Error> {
+    let hooks = object_at(root, "hooks", path)?;
+    for event in Event::ALL {
+        let name = event.hook_event_name();
+        let wanted = hook_command(&env.exe, agent, event);
+        let groups = hooks.entry(name.to_string()).or_insert_with(|| json!([]));
+        let Some(list) = groups.as_array_mut() else {
+            return Err(Error::Shape {
+                path: path.to_path_buf(),
+                what: format!("hooks.{name} (expected an array)"),
+            });
+        };
+        let command_of = |g: &Value| -> Option<String> {
+            let hs = g.get("hooks")?.as_array()?;
+            match hs.as_slice() {
+                [h] => h.get("command")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let keep_at = match action {
+            Action::Install => list
+                .iter()
+                .position(|g| command_of(g).as_deref() == Some(&wanted)),
+            Action::Uninstall => None,
+        };
+        let mut i = 0;
+        list.retain(|g| {
+            let ours = command_of(g).is_some_and(|c| is_relay_hook(&c, agent, event));
+            let keep = !ours || Some(i) == keep_at;
+            i += 1;
+            keep
+        });
+        if action == Action::Install && keep_at.is_none() {
+            list.push(json!({"hooks": [{"type": "command", "command": wanted, "timeout": 30}]}));
+        }
+        if list.is_empty() {
+            hooks.remove(name);
+        }
+    }
+    drop_if_empty(root, "hooks");
+    Ok(())
+}
+
+/// Adds or removes `mcpServers.relay` in a Claude Code MCP JSON file.
+fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Result<(), Error> {
+    let servers = object_at(root, "mcpServers", path)?;
+    if let Some(existing) = servers.get("relay") {
+        let command = existing
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if Path::new(command).file_name().is_none_or(|n| n != "relay") {
+            return Err(Error::NameClash {
+                path: path.to_path_buf(),
+                command: command.to_string(),
+            });
+        }
+    }
+    let wanted =
+        json!({"type": "stdio", "command": env.exe.to_string_lossy(), "args": ["mcp"], "env": {}});
+    match action {
+        Action::Install => {
+            if servers.get("relay") != Some(&wanted) {
+                servers.insert("relay".into(), wanted);
+            }
+        }
+        Action::Uninstall => {
+            servers.remove("relay");
+        }
+    }
+    drop_if_empty(root, "mcpServers");
+    Ok(())
+}
+
+/// Adds or removes `[mcp_servers.relay]` in a Codex config.toml.
+fn edit_codex_toml(
+    text: Option<&str>,
+    path: &Path,
+    env: &Env,
+    action: Action,
+) -> Result<Option<String>, Error> {
+    use toml_edit::{Array, DocumentMut, Item, Table, value};
+    let mut doc: DocumentMut = text
+        .unwrap_or("")
+        .parse()
+        .map_err(|e: toml_edit::TomlError| Error::Unparsable {
+            path: path.to_path_buf(),
+            format: "TOML",
+            reason: e.to_string(),
+        })?;
+    let exe = env.exe.to_string_lossy().into_owned();
+    if let Some(existing) = doc.get("mcp_servers").and_then(|s| s.get("relay")) {
+        let command = existing.get("command").and_then(Item::as_str).unwrap_or("");
+        if Path::new(command).file_name().is_none_or(|n| n != "relay") {
+            return Err(Error::NameClash {
+                path: path.to_path_buf(),
+                command: command.to_string(),
+            });
+        }
+    }
+    match action {
+        Action::Install => {
+            let servers = doc
+                .entry("mcp_servers")
+                .or_insert_with(|| {
+                    let mut t = Table::new();
+                    t.set_implicit(true);
+                    Item::Table(t)
+                })
+                .as_table_mut()
+                .ok_or_else(|| Error::Shape {
+                    path: path.to_path_buf(),
+                    what: "mcp_servers (expected a table)".into(),
+                })?;
+            let current = servers
+                .get("relay")
+                .and_then(Item::as_table)
+                .is_some_and(|t| {
+                    t.get("command").and_then(Item::as_str) == Some(exe.as_str())
+                        && t.get("args")
+                            .and_then(Item::as_array)
+                            .is_some_and(|a| a.iter().map(|v| v.as_str()).eq([Some("mcp")]))
+                });
+            if !current {
+                let mut t = Table::new();
+                t.insert("command", value(exe));
+                let mut args = Array::new();
+                args.push("mcp");
+                t.insert("args", value(args));
+                servers.insert("relay", Item::Table(t));
+            }
+        }
+        Action::Uninstall => {
+            if let Some(servers) = doc.get_mut("mcp_servers").and_then(Item::as_table_mut) {
+                servers.remove("relay");
+                if servers.is_empty() {
+                    doc.remove("mcp_servers");
+                }
+            }
+        }
+    }
+    let out = doc.to_string();
+    Ok(if out.is_empty() && text.is_none() {
+        None
+    } else {
+        Some(out)
+    })
+}
+
+fn json_change(
+    path: PathBuf,
+    what: &'static str,
+    edit: impl FnOnce(&mut Value, &Path) -> Result<(), Error>,
+) -> Result<FileChange, Error> {
+    let before = read(&path)?;
+    let mut v = parse_json(&path, before.as_deref())?;
+    let original = v.clone();
+    edit(&mut v, &path)?;
+    let after = if v == original {
+        before.clone()
+    } else if v.as_object().is_some_and(Map::is_empty) {
+        None // relay's entries were all the file held: remove it
+    } else {
+        Some(to_text(&v, &layout(before.as_deref().unwrap_or(""))))
+    };
+    Ok(FileChange {
+        path,
+        what,
+        before,
+        after,
+    })
+}
+
+/// Plans an install or uninstall for `agent` at `scope`.
+///
+/// # Errors
+/// [`Error`] when a config file cannot be read or parsed, or has an unexpected shape.
+pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Plan, Error> {
+    let mut notes = Vec::new();
+    let files = match agent {
+        Agent::Claude => vec![
+            json_change(
+                claude::mcp_path(scope, &env.home, &env.project),
+                "Claude Code MCP servers",
+                |v, p| edit_mcp_json(v, p, env, action),
+            )?,
+            json_change(
+                claude::settings_path(scope, &env.home, &env.project),
+                "Claude Code hooks",
+                |v, p| edit_hooks(v, p, env, Agent::Claude, action),
+            )?,
+        ],
+        Agent::Codex => {
+            let config = codex::config_path(scope, &env.home, &env.project);
+            let before = read(&config)?;
+            let after = edit_codex_toml(before.as_deref(), &config, env, action)?;
+            let toml = FileChange {
+                path: config,
+                what: "Codex MCP servers",
+                before,
+                after,
+            };
+            let hooks = json_change(
+                codex::hooks_path(scope, &env.home, &env.project),
+                "Codex hooks",
+                |v, p| edit_hooks(v, p, env, Agent::Codex, action),
+            )?;
+            if action == Action::Install && !hooks.unchanged() {
+                notes.push(
+                    "Codex runs new or changed hooks only after you trust them: start codex, \
+                     open /hooks and trust relay's SessionStart, UserPromptSubmit and Stop hooks."
+                        .into(),
+                );
+            }
+            vec![toml, hooks]
+        }
+    };
+    if action == Action::Install && files.iter().any(|f| !f.unchanged()) {
+        notes.push(format!(
+            "Restart running {} sessions so they load the relay MCP server and hooks.",
+            agent.display()
+        ));
+    }
+    Ok(Plan { files, notes })
+}
+
+/// A unified diff of every change in the plan.
+pub fn diff(plan: &Plan) -> String {
+    let mut out = String::new();
+    for f in plan.files.iter().filter(|f| !f.unchanged()) {
+        let before = f.before.as_deref().unwrap_or("");
+        let after = f.after.as_deref().unwrap_or("");
+        let name = f.path.to_string_lossy();
+        let d = similar::TextDiff::from_lines(before, after);
+        out.push_str(
+            &d.unified_diff()
+                .header(
+                    &if f.before.is_some() {
+                        name.to_string()
+                    } else {
+                        "/dev/null".into()
+                    },
+                    &if f.after.is_some() {
+                        name.to_string()
+                    } else {
+                        "/dev/null".into()
+                    },
+                )
+                .to_string(),
+        );
+    }
+    out
+}
+
+fn backup_name(path: &Path) -> PathBuf {
+    let stamp: String = humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".relay-backup-{stamp}"));
+    path.with_file_name(name)
+}
+
+/// Backups of `path`, newest last.
+pub fn backups(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.relay-backup-", name.to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .into_iter()
+    .flatten()
+    .flatten()
+    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    .map(|e| e.path())
+    .collect();
+    found.sort();
+    found
+}
+
+/// For an uninstall: when the planned result equals, as data, the newest backup, use the
+/// backup's exact bytes instead (undoing an install byte for byte).
+pub fn prefer_backups(plan: &mut Plan) {
+    for f in &mut plan.files {
+        let Some(newest) = backups(&f.path).pop() else {
+            continue;
+        };
+        let Ok(saved) = std::fs::read_to_string(&newest) else {
+            continue;
+        };
+        // An empty result would delete the file; keep it if it existed as an empty object.
+        let after = f.after.clone().unwrap_or_else(|| "{}".into());
+        let same = match (
+            serde_json::from_str::<Value>(&after),
+            serde_json::from_str::<Value>(&saved),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => {
+                after
+                    .parse::<toml_edit::DocumentMut>()
+                    .ok()
+                    .map(|d| d.to_string())
+                    == saved
+                        .parse::<toml_edit::DocumentMut>()
+                        .ok()
+                        .map(|d| d.to_string())
+                    && after.trim() == saved.trim()
+            }
+        };
+        if same {
+            f.after = Some(saved);
+        }
+    }
+}
+
+/// Applies a plan: backups first, then each file written whole (via a temporary file
+/// and rename, so a crash never leaves half a config).
+///
+/// # Errors
+/// [`Error::Io`] for the first file that cannot be written; files before it are done.
+pub fn apply(plan: &Plan) -> Result<Vec<Applied>, Error> {
+    let mut out = Vec::new();
+    for f in &plan.files {
+        let io = |err| Error::Io {
+            path: f.path.clone(),
+            err,
+        };
+        let action = match (&f.before, &f.after) {
+            _ if f.unchanged() => "unchanged",
+            (None, Some(_)) => "created",
+            (Some(_), Some(_)) => "updated",
+            (_, None) => "deleted",
+        };
+        let mut backup = None;
+        if action != "unchanged" && f.before.is_some() {
+            let b = backup_name(&f.path);
+            std::fs::copy(&f.path, &b).map_err(io)?;
+            backup = Some(b);
+        }
+        match (&f.after, action) {
+            (_, "unchanged") => {}
+            (Some(text), _) => {
+                if let Some(dir) = f.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                let tmp = f.path.with_extension("relay-tmp");
+                std::fs::write(&tmp, text).map_err(io)?;
+                if let Ok(meta) = std::fs::metadata(&f.path) {
+                    std::fs::set_permissions(&tmp, meta.permissions()).map_err(io)?;
+                }
+                std::fs::rename(&tmp, &f.path).map_err(io)?;
+            }
+            (None, _) => {
+                if f.before.is_some() {
+                    std::fs::remove_file(&f.path).map_err(io)?;
+                }
+            }
+        }
+        out.push(Applied {
+            path: f.path.clone(),
+            what: f.what,
+            action,
+            backup,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `agent`'s entries at `scope` are installed and point at `env.exe`: true when
+/// an install would change nothing.
+///
+/// # Errors
+/// As [`plan`].
+pub fn is_current(agent: Agent, scope: Scope, env: &Env) -> Result<bool, Error> {
+    Ok(plan(agent, scope, Action::Install, env)?
+        .files
+        .iter()
+        .all(FileChange::unchanged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_hook_commands_are_recognised_from_any_path() {
+        let e = Event::Stop;
+        assert!(is_relay_hook(
+            "/usr/local/bin/relay hook claude stop",
+            Agent::Claude,
+            e
+        ));
+        assert!(is_relay_hook(
+            "'/home/me/my tools/relay' hook claude stop",
+            Agent::Claude,
+            e
+        ));
+        assert!(is_relay_hook("relay hook claude stop", Agent::Claude, e));
+        assert!(!is_relay_hook("relay hook codex stop", Agent::Claude, e));
+        assert!(!is_relay_hook(
+            "/bin/relayer hook claude stop",
+            Agent::Claude,
+            e
+        ));
+        assert!(!is_relay_hook(
+            "relay hook claude stop; rm -rf /",
+            Agent::Claude,
+            e
+        ));
+        assert_eq!(shell_quote("/a b/relay"), "'/a b/relay'");
+        assert_eq!(shell_quote("/usr/bin/relay"), "/usr/bin/relay");
+    }
+
+    #[test]
+    fn layout_is_detected() {
+        let l = layout("{\n    \"a\": 1\n}");
+        assert_eq!((l.indent.as_str(), l.final_newline), ("    ", false));
+        let l = layout("{\n\t\"a\": 1\n}\n");
+        assert_eq!((l.indent.as_str(), l.final_newline), ("\t", true));
+    }
+}

@@ -1,0 +1,332 @@
+//! `relay wake`: resume a dormant agent session headlessly so it reads its mail
+//! (DESIGN.md §9).
+//!
+//! - Claude Code: `claude -p --resume <uuid> --output-format json -- <nudge>`
+//! - Codex: `codex exec resume <uuid> --json -- <nudge>`
+//!
+//! Run in the session's working directory (refused when it no longer exists), as an argv
+//! — never through a shell — with `--` before the message, for UUID session ids only.
+//! One wake per target at a time: an exclusive `flock` on `$RELAY_HOME/wake/<id>.lock`,
+//! which the kernel releases if relay dies. A second wake meanwhile is refused with
+//! "wake in progress".
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Agent, claude, codex};
+use crate::store::{Endpoint, names};
+
+/// Default nudge sent to the woken session.
+pub const DEFAULT_NUDGE: &str = "relay: you have new mail from other sessions. Read it with \
+the relay inbox tool (or `relay inbox`), answer with the send tool if a sender expects a \
+reply, then stop.";
+
+/// Default limit on a wake: 10 minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Why a session cannot be woken.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not a Claude Code or Codex session.
+    #[error("{name} is a {kind} endpoint; only Claude Code and Codex sessions can be woken")]
+    NotAgent {
+        /// Endpoint label.
+        name: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// The endpoint id is not a UUID session id.
+    #[error(
+        "{name}'s id {id} is not a UUID session id; only sessions registered by relay's hooks can be woken"
+    )]
+    NotUuid {
+        /// Endpoint label.
+        name: String,
+        /// Its id.
+        id: String,
+    },
+    /// No working directory is known, or it is gone.
+    #[error(
+        "{name}'s working directory {cwd:?} does not exist; the session cannot be resumed there"
+    )]
+    NoCwd {
+        /// Endpoint label.
+        name: String,
+        /// The recorded directory, if any.
+        cwd: Option<String>,
+    },
+    /// Another wake of the same session is running.
+    #[error("wake in progress: another relay is already waking {name}; try again when it ends")]
+    InProgress {
+        /// Endpoint label.
+        name: String,
+    },
+    /// The agent program could not be started.
+    #[error("cannot start {program}: {err} (is it installed and on PATH?)")]
+    Spawn {
+        /// argv[0].
+        program: String,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// The lock file could not be made.
+    #[error("cannot lock {path}: {err}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+/// What a wake would run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invocation {
+    /// Which agent.
+    pub agent: Agent,
+    /// The argv, program first.
+    pub argv: Vec<String>,
+    /// The directory it runs in.
+    pub cwd: PathBuf,
+}
+
+/// What a wake did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The endpoint woken.
+    pub endpoint_id: String,
+    /// What was run.
+    #[serde(flatten)]
+    pub invocation: Invocation,
+    /// True when only planned.
+    pub dry_run: bool,
+    /// The child's exit code (None: killed, timed out, or dry run).
+    pub exit_code: Option<i32>,
+    /// True when the child was killed at the timeout.
+    pub timed_out: bool,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+    /// The end of the child's stdout (at most 4 KiB).
+    pub stdout_tail: String,
+    /// The end of the child's stderr (at most 4 KiB).
+    pub stderr_tail: String,
+}
+
+/// Plans the wake of `e` with `nudge`: checks kind, id and working directory.
+///
+/// # Errors
+/// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::NoCwd`].
+pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
+    let name = e.display_name().to_string();
+    let agent = Agent::of_kind(e.kind).ok_or_else(|| Error::NotAgent {
+        name: name.clone(),
+        kind: e.kind.to_string(),
+    })?;
+    if !names::is_uuid_shaped(&e.id) {
+        return Err(Error::NotUuid {
+            name,
+            id: e.id.clone(),
+        });
+    }
+    let cwd = e
+        .cwd
+        .as_deref()
+        .map(PathBuf::from)
+        .filter(|c| c.is_dir())
+        .ok_or_else(|| Error::NoCwd {
+            name,
+            cwd: e.cwd.clone(),
+        })?;
+    let argv = match agent {
+        Agent::Claude => claude::resume_argv(&e.id, nudge),
+        Agent::Codex => codex::resume_argv(&e.id, nudge),
+    };
+    Ok(Invocation { agent, argv, cwd })
+}
+
+/// The lock file for waking `endpoint_id`, under `relay_home`.
+pub fn lock_path(relay_home: &Path, endpoint_id: &str) -> PathBuf {
+    relay_home.join("wake").join(format!("{endpoint_id}.lock"))
+}
+
+/// Takes the per-target wake lock; held until the returned file is dropped.
+///
+/// # Errors
+/// [`Error::InProgress`] when another process holds it; [`Error::Lock`] otherwise.
+pub fn lock(relay_home: &Path, e: &Endpoint) -> Result<std::fs::File, Error> {
+    let path = lock_path(relay_home, &e.id);
+    let lock_err = |err| Error::Lock {
+        path: path.clone(),
+        err,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(lock_err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match rustix::fs::flock(
+        file.as_fd(),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::InProgress {
+            name: e.display_name().to_string(),
+        }),
+        Err(err) => Err(lock_err(err.into())),
+    }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(4096);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Wakes `e`: takes the lock, runs the agent in the session's directory, waits at most
+/// `timeout` (then kills it), and reports the exit status. With `dry_run`, only plans.
+///
+/// # Errors
+/// Any [`Error`].
+pub fn run(
+    relay_home: &Path,
+    e: &Endpoint,
+    nudge: &str,
+    timeout: Duration,
+    dry_run: bool,
+) -> Result<Report, Error> {
+    let invocation = invocation(e, nudge)?;
+    let mut report = Report {
+        endpoint_id: e.id.clone(),
+        invocation,
+        dry_run,
+        exit_code: None,
+        timed_out: false,
+        duration_ms: 0,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    let _lock = lock(relay_home, e)?;
+    let argv = &report.invocation.argv;
+    let start = Instant::now();
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&report.invocation.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| Error::Spawn {
+            program: argv[0].clone(),
+            err,
+        })?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = start + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                report.timed_out = true;
+                break None;
+            }
+            // A child's exit has no descriptor to block on here; 20 ms bounds the cost.
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    report.exit_code = status.and_then(|s| s.code());
+    report.duration_ms = start.elapsed().as_millis() as u64;
+    report.stdout_tail = tail(&out.join().unwrap_or_default());
+    report.stderr_tail = tail(&err.join().unwrap_or_default());
+    Ok(report)
+}
+
+/// A wake started in the background by `send --wake`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Started {
+    /// The background `relay wake` process.
+    pub pid: u32,
+    /// Where its report goes.
+    pub log: PathBuf,
+}
+
+/// Starts `relay wake <id>` in the background (for `send --wake`), logging to
+/// `$RELAY_HOME/wake/<id>.log`, so the sender is not held for the length of a session turn.
+///
+/// # Errors
+/// When the log cannot be created or the process cannot start.
+pub fn start_background(relay_home: &Path, endpoint_id: &str) -> std::io::Result<Started> {
+    let dir = relay_home.join("wake");
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join(format!("{endpoint_id}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["wake", endpoint_id, "--json"])
+        .env("RELAY_HOME", relay_home)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()?;
+    let pid = child.id();
+    // Reap it when it ends, so a long-lived caller (the MCP server) leaves no zombie.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(Started { pid, log })
+}
+
+/// What `send --wake` did about the wake, after the message was queued.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FollowUp {
+    /// A background `relay wake` was started.
+    Started(Started),
+    /// It could not be started; the message is queued all the same.
+    Failed(String),
+}
+
+/// Starts the wake for a send whose route is `wake`; `None` for any other route.
+pub fn follow_up(relay_home: &Path, sent: &crate::route::Sent) -> Option<FollowUp> {
+    (sent.route == crate::route::Decision::Wake).then(|| {
+        match start_background(relay_home, &sent.receipt.to) {
+            Ok(s) => FollowUp::Started(s),
+            Err(e) => FollowUp::Failed(format!("could not start the wake: {e}")),
+        }
+    })
+}

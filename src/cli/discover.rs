@@ -1,0 +1,75 @@
+//! `relay discover`: recent Claude Code and Codex sessions on this machine (read-only).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Ctx, EXIT_OK, output, parse_duration};
+use crate::agents::{Agent, discover};
+use crate::store::{Lookup, Store};
+
+/// Arguments of `relay discover`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Reads Claude Code transcripts ($CLAUDE_CONFIG_DIR or ~/.claude/projects) \
+and Codex sessions ($CODEX_HOME or ~/.codex/sessions); never writes to them. Sessions in the \
+current directory come first, then the most recent."
+)]
+pub struct Args {
+    /// Only sessions active within this long (e.g. 60m, 2h, 7d).
+    #[arg(long, value_parser = parse_duration, default_value = "60m")]
+    pub within: Duration,
+    /// Only this agent's sessions.
+    #[arg(long, value_enum)]
+    pub tool: Option<Agent>,
+}
+
+#[derive(Serialize)]
+struct Doc {
+    sessions: Vec<discover::Session>,
+}
+
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let home = super::install::env()?;
+    let mut sessions = discover::scan(&home.home, &home.project, a.within, a.tool);
+    // Mark registered sessions only if a store already exists: discover never creates one.
+    if ctx.config.db_path().exists() {
+        let store = ctx.store()?;
+        for s in &mut sessions {
+            if let Lookup::Found(e) = store.lookup(&s.id)?
+                && e.id == s.id
+            {
+                s.registered = true;
+                s.registered_as = e.name;
+            }
+        }
+    }
+    let doc = Doc { sessions };
+    output::emit(ctx.json, &doc, || {
+        if doc.sessions.is_empty() {
+            return format!(
+                "no sessions active within {}",
+                humantime::format_duration(a.within)
+            );
+        }
+        let mut s = format!(
+            "{:<7} {:<36} {:<18} {:<25} CWD\n",
+            "TOOL", "SESSION", "RELAY NAME", "MODIFIED"
+        );
+        for x in &doc.sessions {
+            s.push_str(&format!(
+                "{:<7} {:<36} {:<18} {:<25} {}{}\n",
+                x.tool.name(),
+                x.id,
+                x.registered_as
+                    .as_deref()
+                    .unwrap_or(if x.registered { "(no name)" } else { "-" }),
+                output::time(x.modified_ms),
+                x.cwd.as_deref().unwrap_or("?"),
+                if x.same_cwd { "  (here)" } else { "" }
+            ));
+        }
+        s
+    });
+    Ok(EXIT_OK)
+}
