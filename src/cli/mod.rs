@@ -10,6 +10,7 @@ mod ack;
 mod bench;
 mod demo;
 mod discover;
+mod doctor;
 mod gc;
 mod hook;
 mod inbox;
@@ -104,6 +105,8 @@ pub enum Command {
     Install(install::Args),
     /// Remove exactly what `relay install` added.
     Uninstall(install::Args),
+    /// Check the setup: binary, store, permissions, agent integrations; one fix per problem.
+    Doctor(doctor::Args),
     /// List recent Claude Code and Codex sessions on this machine (read-only).
     Discover(discover::Args),
     /// Resume a dormant agent session headlessly so it reads its mail.
@@ -242,6 +245,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Hook(a) => hook::run(&ctx, a),
         Command::Discover(a) => discover::run(&ctx, a),
+        Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Wake(a) => wake::run(&ctx, a),
         Command::Install(a) => install::run(&ctx, a, crate::agents::install::Action::Install),
         Command::Uninstall(a) => install::run(&ctx, a, crate::agents::install::Action::Uninstall),

@@ -1,0 +1,239 @@
+//! `relay doctor`: is relay set up right? One line per check, and one concrete fix per
+//! problem. Exit 1 when any check fails.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Ctx, EXIT_FAILURE, EXIT_OK, output};
+use crate::agents::Agent;
+use crate::agents::install::{self, Action, Scope};
+
+/// Arguments of `relay doctor`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: String,
+    status: Status,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn check(
+    name: impl Into<String>,
+    status: Status,
+    detail: impl Into<String>,
+    fix: Option<String>,
+) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        fix,
+    }
+}
+
+fn mode(p: &Path) -> Option<u32> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+/// `$RELAY_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/relay`, else `$RELAY_HOME/run` (DESIGN §6).
+fn runtime_dir(home: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("RELAY_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("relay");
+    }
+    home.join("run")
+}
+
+fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
+    let home = &ctx.config.home;
+    match ctx.store() {
+        Ok(_) => out.push(check(
+            "store",
+            Status::Ok,
+            format!("{} opens and is migrated", ctx.config.db_path().display()),
+            None,
+        )),
+        Err(e) => out.push(check(
+            "store",
+            Status::Fail,
+            format!("{e:#}"),
+            Some(format!(
+                "fix or move {} (relay recreates it), or set RELAY_HOME",
+                ctx.config.db_path().display()
+            )),
+        )),
+    }
+    let writable = rustix::fs::access(&ctx.config.db_path(), rustix::fs::Access::WRITE_OK).is_ok();
+    if !writable {
+        out.push(check(
+            "store writable",
+            Status::Fail,
+            format!("{} is not writable by you", ctx.config.db_path().display()),
+            Some(format!("chmod 600 {}", ctx.config.db_path().display())),
+        ));
+    }
+    match mode(home) {
+        Some(m) if m & 0o077 != 0 => out.push(check(
+            "data directory",
+            Status::Fail,
+            format!(
+                "{} has mode {m:o}: other users can read your mail",
+                home.display()
+            ),
+            Some(format!("chmod 700 {}", home.display())),
+        )),
+        Some(m) => out.push(check(
+            "data directory",
+            Status::Ok,
+            format!("{} mode {m:o}", home.display()),
+            None,
+        )),
+        None => out.push(check(
+            "data directory",
+            Status::Fail,
+            format!("{} is missing", home.display()),
+            Some("run any relay command to create it".into()),
+        )),
+    }
+    let run = runtime_dir(home);
+    match mode(&run) {
+        Some(m) if m & 0o077 != 0 => out.push(check(
+            "runtime directory",
+            Status::Fail,
+            format!(
+                "{} has mode {m:o}; live sockets must not be reachable by others",
+                run.display()
+            ),
+            Some(format!("chmod 700 {}", run.display())),
+        )),
+        Some(m) => out.push(check(
+            "runtime directory",
+            Status::Ok,
+            format!("{} mode {m:o}", run.display()),
+            None,
+        )),
+        None => out.push(check(
+            "runtime directory",
+            Status::Ok,
+            format!(
+                "{} not created yet (relay creates it with mode 700)",
+                run.display()
+            ),
+            None,
+        )),
+    }
+}
+
+fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
+    let Ok(env) = super::install::env() else {
+        out.push(check(
+            agent.name(),
+            Status::Fail,
+            "HOME is not set",
+            Some("set HOME".into()),
+        ));
+        return;
+    };
+    let name = format!("{} integration", agent.display());
+    let installed = match install::plan(agent, Scope::User, Action::Uninstall, &env) {
+        Ok(p) => p.files.iter().any(|f| !f.unchanged()),
+        Err(e) => {
+            out.push(check(
+                name,
+                Status::Fail,
+                e.to_string(),
+                Some("fix the file named above".into()),
+            ));
+            return;
+        }
+    };
+    let current = install::is_current(agent, Scope::User, &env).unwrap_or(false);
+    let fix = Some(format!("relay install {}", agent.name()));
+    match (installed, current) {
+        (false, _) => out.push(check(
+            name,
+            Status::Warn,
+            "relay's MCP server and hooks are not installed (user scope)",
+            fix,
+        )),
+        (true, true) => {
+            let mut detail = format!(
+                "MCP server and hooks installed, pointing at {}",
+                env.exe.display()
+            );
+            if agent == Agent::Codex {
+                detail.push_str("; make sure they are trusted in Codex's /hooks");
+            }
+            out.push(check(name, Status::Ok, detail, None));
+        }
+        (true, false) => out.push(check(
+            name,
+            Status::Fail,
+            format!(
+                "installed, but not all entries are present or they run another binary than {}",
+                env.exe.display()
+            ),
+            fix,
+        )),
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
+    let mut checks = Vec::new();
+    match std::env::current_exe().and_then(|p| p.canonicalize()) {
+        Ok(p) => checks.push(check("binary", Status::Ok, p.display().to_string(), None)),
+        Err(e) => checks.push(check(
+            "binary",
+            Status::Fail,
+            e.to_string(),
+            Some("reinstall relay".into()),
+        )),
+    }
+    store_checks(ctx, &mut checks);
+    for agent in Agent::ALL {
+        agent_checks(agent, &mut checks);
+    }
+    let failed = checks.iter().any(|c| c.status == Status::Fail);
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        checks: &'a [Check],
+    }
+    output::emit_outcome(ctx.json, &Doc { checks: &checks }, !failed, || {
+        checks
+            .iter()
+            .map(|c| {
+                let mark = match c.status {
+                    Status::Ok => "ok  ",
+                    Status::Warn => "warn",
+                    Status::Fail => "FAIL",
+                };
+                let mut line = format!("{mark} {:<26} {}", c.name, c.detail);
+                if let Some(f) = &c.fix {
+                    line.push_str(&format!("\n     fix: {f}"));
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(if failed { EXIT_FAILURE } else { EXIT_OK })
+}
