@@ -82,7 +82,7 @@ fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
             )),
         )),
     }
-    let writable = rustix::fs::access(&ctx.config.db_path(), rustix::fs::Access::WRITE_OK).is_ok();
+    let writable = rustix::fs::access(ctx.config.db_path(), rustix::fs::Access::WRITE_OK).is_ok();
     if !writable {
         out.push(check(
             "store writable",
