@@ -565,6 +565,24 @@ pub fn backups(path: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// `v` with empty objects and arrays removed from objects, recursively: uninstall drops
+/// the containers it empties, which the file may have held empty before install.
+fn without_empties(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, without_empties(v)))
+                .filter(|(_, v)| {
+                    !(v.as_object().is_some_and(Map::is_empty)
+                        || v.as_array().is_some_and(Vec::is_empty))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_empties).collect()),
+        other => other,
+    }
+}
+
 /// For an uninstall: when the planned result equals, as data, the newest backup, use the
 /// backup's exact bytes instead (undoing an install byte for byte).
 pub fn prefer_backups(plan: &mut Plan) {
@@ -581,7 +599,7 @@ pub fn prefer_backups(plan: &mut Plan) {
             serde_json::from_str::<Value>(&after),
             serde_json::from_str::<Value>(&saved),
         ) {
-            (Ok(a), Ok(b)) => a == b,
+            (Ok(a), Ok(b)) => without_empties(a) == without_empties(b),
             _ => {
                 after
                     .parse::<toml_edit::DocumentMut>()
