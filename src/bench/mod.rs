@@ -2,6 +2,7 @@
 //! (raw SQLite, a raw Unix socket) so figures can be compared on the same machine, and
 //! writes a Markdown report with the machine it ran on to `bench/results/`.
 
+pub mod hook;
 pub mod mailbox;
 
 use std::path::Path;

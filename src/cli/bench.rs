@@ -21,6 +21,20 @@ pub enum What {
     /// Durable send latency, batched send and fetch+ack throughput, cross-process wake-up,
     /// each with a baseline from the same run.
     Mailbox(MailboxArgs),
+    /// Cost of one agent hook process (cold start included), with /bin/true and
+    /// `relay --version` as baselines.
+    Hook(HookArgs),
+}
+
+/// Arguments of `relay bench hook`.
+#[derive(Debug, clap::Args)]
+pub struct HookArgs {
+    /// Samples per row.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub n: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/hook.md")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `relay bench mailbox`.
@@ -71,7 +85,10 @@ impl mailbox::Progress for Bar {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
-    let What::Mailbox(m) = a.what;
+    let m = match a.what {
+        What::Mailbox(m) => m,
+        What::Hook(h) => return run_hook(ctx, h),
+    };
     let bar = if ctx.json {
         ProgressBar::hidden()
     } else {
@@ -87,6 +104,26 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     bench::write_report(&m.out, &md)?;
     output::emit(ctx.json, &report, || {
         format!("{md}\nwritten to {}", m.out.display())
+    });
+    Ok(EXIT_OK)
+}
+
+fn run_hook(ctx: &Ctx, a: HookArgs) -> anyhow::Result<u8> {
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(a.n)).with_style(
+            ProgressStyle::with_template("hook samples {bar:30} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let report = crate::bench::hook::run(a.n as usize, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let md = crate::bench::hook::markdown(&report, &when);
+    bench::write_report(&a.out, &md)?;
+    output::emit(ctx.json, &report, || {
+        format!("{md}\nwritten to {}", a.out.display())
     });
     Ok(EXIT_OK)
 }

@@ -5,6 +5,10 @@
 //! 2. **Burst** — N sender processes (default 8) send concurrently to one `sink` process
 //!    that waits, prints and acks. A progress bar follows the sink.
 //!
+//! 3. **Agent sessions** — two simulated Claude Code sessions in one directory, driven by
+//!    recorded hook payloads and MCP calls: mail reaches a session through its hook, and an
+//!    idle session is nudged by its Stop hook (see `demo_agents.rs`).
+//!
 //! The summary counts sent, delivered, acked, lost and duplicated messages and the
 //! send→receive latency; exit status 0 only when nothing was lost.
 
@@ -273,6 +277,8 @@ struct Summary {
     latency_max_us: u64,
     burst_seconds: f64,
     throughput_msgs_per_s: f64,
+    #[serde(flatten)]
+    agents: super::demo_agents::AgentsOutcome,
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
@@ -380,6 +386,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let mut sink = sink;
     finish(&mut sink, "sink", deadline)?;
 
+    // 3. Agent sessions.
+    say("\n3. agent sessions: two Claude Code sessions in one directory (recorded hook payloads + MCP)".into());
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project)?;
+    let agents = super::demo_agents::run(&config.home, &project, &say)?;
+
     let unique: HashSet<&String> = received.iter().collect();
     let mut s = Summary {
         conversation_rounds: a.rounds,
@@ -393,6 +405,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         latency_max_us: latency.max(),
         burst_seconds: burst.as_secs_f64(),
         throughput_msgs_per_s: received.len() as f64 / burst.as_secs_f64().max(1e-9),
+        agents,
         ..Summary::default()
     };
     // Receipts, read back from the store: what a sender would be told.
@@ -406,7 +419,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     output::emit_outcome(ctx.json, &s, s.lost == 0, || {
         format!(
-            "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
+            "\nsummary\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
             "messages sent",
             s.sent,
             "delivered",
@@ -427,6 +440,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             s.throughput_msgs_per_s,
             "conversation RTT p50",
             format!("{} µs", s.conversation_rtt_p50_us),
+        ) + &format!(
+            "\n   {:<28} {:>12}\n   {:<28} {:>12}",
+            "mail delivered by hooks",
+            s.agents.hook_deliveries,
+            "idle sessions nudged (Stop)",
+            s.agents.stop_nudges,
         )
     });
     if a.keep {

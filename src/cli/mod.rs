@@ -9,6 +9,7 @@
 mod ack;
 mod bench;
 mod demo;
+mod demo_agents;
 mod discover;
 mod doctor;
 mod gc;
