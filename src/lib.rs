@@ -29,3 +29,4 @@ pub mod errors;
 pub mod mcp;
 pub mod route;
 pub mod store;
+pub mod wire;
