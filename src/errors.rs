@@ -38,7 +38,9 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
         if let Some(e) = cause.downcast_ref::<crate::agents::wake::Error>() {
             use crate::agents::wake::Error::*;
             return match e {
-                NotAgent { .. } | NotUuid { .. } | NoCwd { .. } => ("not-wakeable", EXIT_REJECTED),
+                NotAgent { .. } | NotUuid { .. } | NoCwd { .. } | Running { .. } => {
+                    ("not-wakeable", EXIT_REJECTED)
+                }
                 InProgress { .. } => ("wake-in-progress", EXIT_REJECTED),
                 Spawn { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
             };

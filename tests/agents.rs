@@ -204,6 +204,21 @@ fn broken_payloads_print_nothing_and_exit_zero() {
         assert_eq!(r.stdout, "", "{bad:?}");
         assert!(!r.stderr.is_empty(), "the reason is logged to stderr");
     }
+    // A bad setting or an unknown event must not fail the agent either.
+    let mut c = h.cmd(&["hook", "claude", "user-prompt-submit"]);
+    c.env("RELAY_MAX_BODY", "lots");
+    let r = common::run(
+        c,
+        Some(&payload("claude/user_prompt_submit.json")),
+        common::DEADLINE,
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
+    let r = h.run_stdin(
+        &["hook", "claude", "pre-compact"],
+        &payload("claude/session_start.json"),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
+    assert!(r.stderr.contains("unknown agent or event"), "{}", r.stderr);
     // A store that cannot open is an internal error too.
     std::fs::create_dir_all(h.path()).unwrap();
     std::fs::write(h.db(), b"garbage garbage garbage").unwrap();
@@ -293,6 +308,53 @@ fn two_sessions_in_one_directory_each_act_as_themselves_from_the_cli() {
     assert_eq!(state(&h, &id2), "queued");
     // Outside any agent session there is no identity.
     assert_eq!(h.run(&["inbox"]).code, 2);
+    // A session nested under a's agent (an unbound `claude` started from a's shell) must
+    // not take a's identity.
+    let mut nested = fake_agent(
+        &h,
+        "claude",
+        a,
+        cwd.path(),
+        &["!", &fixture("bin/claude").to_string_lossy()],
+    );
+    nested.env(
+        "RELAY_TEST_RUN",
+        format!("'{}' whoami", env!("CARGO_BIN_EXE_relay")),
+    );
+    let r = common::run(nested, None, common::DEADLINE);
+    assert_eq!(
+        r.code, 2,
+        "nested session took its parent's identity: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn clear_moves_the_name_to_the_new_session_of_the_same_agent() {
+    let h = Home::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let old = "aaaaaaaa-1111-4111-8111-111111111111";
+    let new = "cccccccc-3333-4333-8333-333333333333";
+    let mut c = fake_agent(&h, "claude", old, cwd.path(), &["whoami", "--json"]);
+    c.env("FAKE_AGENT_CLEAR", new);
+    let r = common::run(c, None, common::DEADLINE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let me = &r.doc()["endpoint"];
+    assert_eq!(me["id"], new);
+    let name = me["name"].as_str().unwrap().to_string();
+    assert!(
+        name.ends_with("-aaaa"),
+        "the name stayed with the agent: {name}"
+    );
+    let roster = h.json(&["roster"]);
+    let old_ep = roster["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == old)
+        .unwrap()
+        .clone();
+    assert!(old_ep["name"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,14 +804,14 @@ struct Wakeable {
 fn wakeable() -> Wakeable {
     let h = Home::new();
     let cwd = tempfile::tempdir().unwrap();
-    for (agent, file) in [
-        ("claude", "claude/session_start.json"),
-        ("codex", "codex/session_start.json"),
-    ] {
-        let p = String::from_utf8(payload(file))
-            .unwrap()
-            .replace("/work/app", &cwd.path().to_string_lossy());
-        hook(&h, agent, "session-start", p.as_bytes());
+    // Each session starts under a stand-in agent that then exits: the session is dormant.
+    for (agent, session) in [("claude", S1), ("codex", S2)] {
+        let r = common::run(
+            fake_agent(&h, agent, session, cwd.path(), &["--version"]),
+            None,
+            common::DEADLINE,
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
     }
     let record = cwd.path().join("record");
     Wakeable { h, cwd, record }
@@ -778,12 +840,10 @@ impl Wakeable {
 #[test]
 fn wake_resumes_each_agent_in_its_directory_with_argv_only() {
     let w = wakeable();
-    let evil = "hello; rm -rf / $(touch pwned) -- --dangerously";
-    let r = common::run(
-        w.cmd(&["wake", S1, "--message", evil, "--json"]),
-        None,
-        common::DEADLINE,
-    );
+    let evil = "hello; $(touch pwned) `touch pwned2` -- --dangerously";
+    let mut c = w.cmd(&["wake", S1, "--message", evil, "--json"]);
+    c.env("RELAY_AS", "someone-else");
+    let r = common::run(c, None, common::DEADLINE);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.doc()["exit_code"], 0);
     assert!(
@@ -816,6 +876,9 @@ fn wake_resumes_each_agent_in_its_directory_with_argv_only() {
         !w.cwd.path().join("pwned").exists(),
         "no shell ever ran the message"
     );
+    // The woken session acts as itself, whatever the waker's RELAY_AS.
+    let env = std::fs::read_to_string(w.record.with_extension("claude.env")).unwrap();
+    assert_eq!(env.trim(), S1);
 
     let r = common::run(w.cmd(&["wake", S2]), None, common::DEADLINE);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -893,11 +956,14 @@ fn only_agent_sessions_with_a_live_directory_can_be_woken() {
     assert_eq!(r.doc()["error"]["kind"], "not-wakeable");
     assert_eq!(message_rows(&w.h), rows);
     // A session whose directory is gone cannot be resumed.
-    let gone = String::from_utf8(payload("claude/session_start.json"))
-        .unwrap()
-        .replace("/work/app", "/no/such/dir")
-        .replace(S1, "dddddddd-4444-4444-8444-444444444444");
-    hook(&w.h, "claude", "session-start", gone.as_bytes());
+    let gone = fake_agent(
+        &w.h,
+        "claude",
+        "dddddddd-4444-4444-8444-444444444444",
+        Path::new("/no/such/dir"),
+        &["--version"],
+    );
+    assert_eq!(common::run(gone, None, common::DEADLINE).code, 0);
     let r = common::run(
         w.cmd(&["wake", "dddddddd-4444-4444-8444-444444444444"]),
         None,
@@ -938,4 +1004,44 @@ fn send_wake_queues_then_wakes_in_the_background() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(w.recorded("codex")[3], S2);
+    // The background wake finishes and logs its report.
+    let log = w.h.path().join("wake").join(format!("{S2}.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"exit_code\":0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background wake did not finish: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_running_session_is_not_woken() {
+    let h = Home::new();
+    let cwd = tempfile::tempdir().unwrap();
+    // The agent process (python, waiting in `relay wait`) is alive while we try.
+    let mut agent = fake_agent(&h, "claude", S1, cwd.path(), &["wait", "--timeout", "30s"]);
+    agent.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = agent.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::run(h.cmd(&["status", "--json", "x"]), None, common::DEADLINE).code != 3
+        || !h.json(&["roster"])["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == S1)
+    {
+        assert!(Instant::now() < deadline, "session never registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = h.run(&["wake", S1]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("is running"), "{}", r.stderr);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -129,7 +129,22 @@ pub fn handle(
         // Already continuing because of a Stop hook: never block twice in a row.
         return Ok(outcome);
     }
-    let (mail, pending) = mail(store, &endpoint)?;
+    let pending = peek(store, &endpoint)?;
+    if event == Event::Stop {
+        let last: Vec<String> = endpoint
+            .meta
+            .get(STOP_MEMORY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        // Shown mail is acked, so what is still pending after a block is mail that was cut
+        // or left out. If nothing new came since, let the session stop — decided before
+        // anything is marked delivered.
+        if pending.iter().all(|m| last.contains(&m.id)) {
+            return Ok(outcome);
+        }
+    }
+    let pending_ids: Vec<String> = pending.iter().map(|m| m.id.clone()).collect();
+    let mail = mail(store, &endpoint, pending)?;
     match event {
         Event::SessionStart => {
             let mut text = intro(agent, &endpoint);
@@ -147,15 +162,7 @@ pub fn handle(
             }
         }
         Event::Stop => {
-            let last: Vec<String> = endpoint
-                .meta
-                .get(STOP_MEMORY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_default();
-            // Shown mail is acked, so what is still pending after a block is mail that was
-            // cut or left out. If nothing new came since, let the session stop.
-            let repeat = !pending.is_empty() && pending.iter().all(|id| last.contains(id));
-            if let Some(m) = mail.filter(|_| !repeat) {
+            if let Some(m) = mail {
                 let reason = format!(
                     "{}\nYou have relay mail from other sessions (above). Read it; if a sender \
                      expects an answer, reply with the relay send tool (reply_to = the message \
@@ -164,7 +171,7 @@ pub fn handle(
                 );
                 outcome.output = Some(json!({"decision": "block", "reason": reason}));
                 outcome.ack = m.shown;
-                remember_block(store, &endpoint, &pending)?;
+                remember_block(store, &endpoint, &pending_ids)?;
             }
         }
     }
@@ -195,9 +202,22 @@ fn ensure_session(store: &dyn Store, agent: Agent, input: &Input) -> anyhow::Res
         Lookup::Found(e) if e.id == input.session_id => Some(e),
         _ => None,
     };
-    let name = match existing.as_ref().and_then(|e| e.name.clone()) {
-        Some(_) => None, // keep it
-        None => default_name(store, input)?,
+    // The same agent process may have been another session before (`/clear` starts a new
+    // session id): its name follows the agent, so mail to that name keeps arriving.
+    let previous = match &agent_proc {
+        Some(p) => store
+            .bound(&[p.process])?
+            .map(|(_, e)| e)
+            .filter(|e| e.id != input.session_id),
+        None => None,
+    };
+    let name = match (
+        existing.as_ref().and_then(|e| e.name.clone()),
+        previous.and_then(|e| e.name),
+    ) {
+        (Some(_), _) => None, // keep it
+        (None, Some(inherited)) => Some(inherited),
+        (None, None) => default_name(store, input)?,
     };
     let reg = store.register(&Registration {
         id: Some(input.session_id.clone()),
@@ -260,20 +280,37 @@ fn default_name(store: &dyn Store, input: &Input) -> anyhow::Result<Option<Strin
     Ok(None)
 }
 
-/// The rendered block of pending mail (delivering what it shows in full), and the ids of
-/// everything pending.
-fn mail(store: &dyn Store, me: &Endpoint) -> anyhow::Result<(Option<MailBlock>, Vec<String>)> {
-    let peek = Fetch {
-        limit: 50,
-        mode: FetchMode::Peek,
-        filter: Filter::default(),
-    };
-    let pending = store.fetch(&me.id, &peek)?;
+/// Peek limit: the oldest this many pending messages are considered for one block.
+const PEEK: usize = 50;
+
+fn peek(store: &dyn Store, me: &Endpoint) -> anyhow::Result<Vec<crate::store::Message>> {
+    Ok(store.fetch(
+        &me.id,
+        &Fetch {
+            limit: PEEK,
+            mode: FetchMode::Peek,
+            filter: Filter::default(),
+        },
+    )?)
+}
+
+/// Renders `pending` (delivering what the block shows in full) with a note counting
+/// everything else that waits, including mail beyond the peek.
+fn mail(
+    store: &dyn Store,
+    me: &Endpoint,
+    pending: Vec<crate::store::Message>,
+) -> anyhow::Result<Option<MailBlock>> {
     if pending.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok(None);
     }
-    let pending_ids: Vec<String> = pending.iter().map(|m| m.id.clone()).collect();
-    let plan = fence::render(&pending, Caps::default(), READ_HINT);
+    let (count, bytes) = store.pending(&me.id)?;
+    let peeked_bytes: u64 = pending.iter().map(|m| m.body.len() as u64).sum();
+    let more = (
+        count.saturating_sub(pending.len() as u64) as usize,
+        bytes.saturating_sub(peeked_bytes) as usize,
+    );
+    let plan = fence::render_with_more(&pending, Caps::default(), READ_HINT, more.0, more.1);
     // Deliver exactly what the block shows in full; another reader may have taken some
     // meanwhile, so render again from what was actually delivered.
     let delivered = if plan.shown.is_empty() {
@@ -297,17 +334,14 @@ fn mail(store: &dyn Store, me: &Endpoint) -> anyhow::Result<(Option<MailBlock>, 
         .into_iter()
         .filter(|m| delivered.iter().any(|d| d.id == m.id) || !plan.shown.contains(&m.id))
         .collect();
-    let r = fence::render(&still, Caps::default(), READ_HINT);
+    let r = fence::render_with_more(&still, Caps::default(), READ_HINT, more.0, more.1);
     if r.text.is_empty() {
-        return Ok((None, pending_ids));
+        return Ok(None);
     }
-    Ok((
-        Some(MailBlock {
-            text: r.text,
-            shown: r.shown,
-        }),
-        pending_ids,
-    ))
+    Ok(Some(MailBlock {
+        text: r.text,
+        shown: r.shown,
+    }))
 }
 
 struct MailBlock {

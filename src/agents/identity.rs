@@ -86,12 +86,21 @@ pub fn explicit(flag: Option<&str>) -> Option<Identity> {
         })
 }
 
-/// The nearest ancestor of this process bound to a session, with its endpoint.
+/// The nearest ancestor of this process bound to a session, with its endpoint. The walk
+/// stops at the nearest agent process ([`procfs::AGENTS`]), bound or not.
 ///
 /// # Errors
 /// Store errors.
 pub fn from_binding(store: &dyn Store) -> store::Result<Option<Me>> {
-    let refs: Vec<ProcessRef> = procfs::ancestors().iter().map(|s| s.process).collect();
+    // Ancestors up to and including the nearest agent-named process: past it, a binding
+    // would belong to an enclosing session, not this one.
+    let mut refs: Vec<ProcessRef> = Vec::new();
+    for s in procfs::ancestors() {
+        refs.push(s.process);
+        if procfs::AGENTS.contains(&s.comm.as_str()) {
+            break;
+        }
+    }
     Ok(store.bound(&refs)?.map(|(p, endpoint)| Me {
         endpoint,
         source: Source::Binding,

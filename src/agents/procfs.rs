@@ -69,6 +69,12 @@ const WRAPPERS: &[&str] = &[
     "script", "stdbuf", "time", "xargs",
 ];
 
+/// Command names of agent processes. Walking up from a relay process, an unbound one of
+/// these ends the search: a session nested inside another (a `claude -p` run from a
+/// session's shell, a Codex session whose hooks are not trusted yet) must not take its
+/// parent's identity.
+pub const AGENTS: &[&str] = &["claude", "codex", "node"];
+
 /// The agent process a hook runs under: the nearest ancestor that is not a shell or
 /// launcher (see [`WRAPPERS`]). `None` when there is none (for example, run by init).
 pub fn agent_process() -> Option<Stat> {

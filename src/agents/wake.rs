@@ -11,7 +11,8 @@
 //! "wake in progress".
 
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +60,16 @@ pub enum Error {
         name: String,
         /// The recorded directory, if any.
         cwd: Option<String>,
+    },
+    /// The session's agent process still runs: it is not dormant.
+    #[error(
+        "{name} is running (agent pid {pid}); mail reaches it through its hooks, no wake needed"
+    )]
+    Running {
+        /// Endpoint label.
+        name: String,
+        /// The agent process.
+        pid: u32,
     },
     /// Another wake of the same session is running.
     #[error("wake in progress: another relay is already waking {name}; try again when it ends")]
@@ -117,6 +128,15 @@ pub struct Report {
     pub stderr_tail: String,
 }
 
+/// The session's agent process, when it still runs (same pid and start time).
+pub fn running(e: &Endpoint) -> Option<u32> {
+    let p = crate::store::ProcessRef {
+        pid: e.pid?,
+        start: e.pid_start?,
+    };
+    super::procfs::alive(p).then_some(p.pid)
+}
+
 /// Plans the wake of `e` with `nudge`: checks kind, id and working directory.
 ///
 /// # Errors
@@ -132,6 +152,9 @@ pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
             name,
             id: e.id.clone(),
         });
+    }
+    if let Some(pid) = running(e) {
+        return Err(Error::Running { name, pid });
     }
     let cwd = e
         .cwd
@@ -154,11 +177,12 @@ pub fn lock_path(relay_home: &Path, endpoint_id: &str) -> PathBuf {
     relay_home.join("wake").join(format!("{endpoint_id}.lock"))
 }
 
-/// Takes the per-target wake lock; held until the returned file is dropped.
+/// Takes the per-target wake lock (blocking when `wait`); held until the returned file and
+/// any child that inherited it are gone.
 ///
 /// # Errors
 /// [`Error::InProgress`] when another process holds it; [`Error::Lock`] otherwise.
-pub fn lock(relay_home: &Path, e: &Endpoint) -> Result<std::fs::File, Error> {
+pub fn lock(relay_home: &Path, e: &Endpoint, wait: bool) -> Result<std::fs::File, Error> {
     let path = lock_path(relay_home, &e.id);
     let lock_err = |err| Error::Lock {
         path: path.clone(),
@@ -173,10 +197,12 @@ pub fn lock(relay_home: &Path, e: &Endpoint) -> Result<std::fs::File, Error> {
         .write(true)
         .open(&path)
         .map_err(lock_err)?;
-    match rustix::fs::flock(
-        file.as_fd(),
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    ) {
+    let op = if wait {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
+    };
+    match rustix::fs::flock(file.as_fd(), op) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::InProgress {
             name: e.display_name().to_string(),
@@ -190,8 +216,10 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-/// Wakes `e`: takes the lock, runs the agent in the session's directory, waits at most
-/// `timeout` (then kills it), and reports the exit status. With `dry_run`, only plans.
+/// Wakes `e`: takes the lock (or, with `wait_for_lock`, waits for a running wake to end
+/// first), runs the agent in the session's directory with `RELAY_AS` set to the session,
+/// waits at most `timeout` (then kills its whole process group), and reports the exit
+/// status. With `dry_run`, only plans.
 ///
 /// # Errors
 /// Any [`Error`].
@@ -201,6 +229,7 @@ pub fn run(
     nudge: &str,
     timeout: Duration,
     dry_run: bool,
+    wait_for_lock: bool,
 ) -> Result<Report, Error> {
     let invocation = invocation(e, nudge)?;
     let mut report = Report {
@@ -216,20 +245,34 @@ pub fn run(
     if dry_run {
         return Ok(report);
     }
-    let _lock = lock(relay_home, e)?;
+    let lock = lock(relay_home, e, wait_for_lock)?;
     let argv = &report.invocation.argv;
     let start = Instant::now();
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .current_dir(&report.invocation.cwd)
+        // The woken session is the target, never whoever woke it.
+        .env("RELAY_AS", &e.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| Error::Spawn {
-            program: argv[0].clone(),
-            err,
-        })?;
+        // Its own process group, so a timeout can stop everything it started.
+        .process_group(0);
+    let lock_fd = lock.as_raw_fd();
+    // SAFETY: runs in the child between fork and exec, where only async-signal-safe calls
+    // are allowed; fcntl(F_SETFD) is one. It lets the child inherit the lock, so the
+    // session stays exclusive even if this process dies while the agent runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = rustix::fd::BorrowedFd::borrow_raw(lock_fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|err| Error::Spawn {
+        program: argv[0].clone(),
+        err,
+    })?;
     let drain = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -256,6 +299,9 @@ pub fn run(
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
             Ok(None) if Instant::now() >= deadline => {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 report.timed_out = true;
@@ -296,7 +342,7 @@ pub fn start_background(relay_home: &Path, endpoint_id: &str) -> std::io::Result
         .append(true)
         .open(&log)?;
     let child = Command::new(std::env::current_exe()?)
-        .args(["wake", endpoint_id, "--json"])
+        .args(["wake", endpoint_id, "--json", "--after-running"])
         .env("RELAY_HOME", relay_home)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)

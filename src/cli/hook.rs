@@ -15,26 +15,43 @@ use crate::store::Store;
 Installed for you by `relay install claude` / `relay install codex`."
 )]
 pub struct Args {
-    /// Which agent runs the hook.
-    #[arg(value_enum)]
-    pub agent: Agent,
-    /// Which event.
-    #[arg(value_enum)]
-    pub event: Event,
+    /// Which agent runs the hook: claude or codex.
+    pub agent: String,
+    /// Which event: session-start, user-prompt-submit or stop.
+    pub event: String,
+}
+
+/// Parsed leniently: a hook must exit 0 even when its own command line is wrong (an
+/// event a newer install added, say), because a non-zero exit can block the agent.
+fn parse(a: &Args) -> Option<(Agent, Event)> {
+    use clap::ValueEnum;
+    Some((
+        Agent::from_str(&a.agent, true).ok()?,
+        Event::from_str(&a.event, true).ok()?,
+    ))
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
+    let Some((agent, event)) = parse(&a) else {
+        tracing::error!(
+            "relay hook: unknown agent or event {:?} {:?}; expected claude|codex and \
+             session-start|user-prompt-submit|stop — run `relay install` again",
+            a.agent,
+            a.event
+        );
+        return Ok(EXIT_OK);
+    };
     let mut input = Vec::new();
     let read = std::io::stdin()
         .lock()
         .take(MAX_INPUT as u64 + 1)
         .read_to_end(&mut input);
     if let Err(e) = read {
-        eprintln!("relay hook: cannot read stdin: {e}");
+        tracing::error!("relay hook: cannot read stdin: {e}");
         return Ok(EXIT_OK);
     }
     if input.len() > MAX_INPUT {
-        eprintln!("relay hook: payload over {MAX_INPUT} bytes; ignored");
+        tracing::error!("relay hook: payload over {MAX_INPUT} bytes; ignored");
         return Ok(EXIT_OK);
     }
     let config = ctx.config.clone();
@@ -42,6 +59,6 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         Ok(Box::new(crate::store::SqliteStore::open(&config)?))
     };
     let mut out = std::io::stdout().lock();
-    hook::run(open, a.agent, a.event, &input, &mut out);
+    hook::run(open, agent, event, &input, &mut out);
     Ok(EXIT_OK)
 }

@@ -225,10 +225,22 @@ pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
 /// # Errors
 /// Any failure; [`exit_code`] maps it to a status.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    let mut config = Config::from_env()?;
-    if let Some(d) = &cli.global.durability {
-        config.durability = d.parse::<Durability>()?;
-    }
+    let config = (|| -> anyhow::Result<Config> {
+        let mut config = Config::from_env()?;
+        if let Some(d) = &cli.global.durability {
+            config.durability = d.parse::<Durability>()?;
+        }
+        Ok(config)
+    })();
+    let config = match (config, &cli.command) {
+        (Ok(c), _) => c,
+        // A hook never fails its agent, even over a bad RELAY_* setting.
+        (Err(e), Command::Hook(_)) => {
+            tracing::error!("relay hook: {e:#}");
+            return Ok(EXIT_OK);
+        }
+        (Err(e), _) => return Err(e),
+    };
     let ctx = Ctx {
         json: cli.global.json,
         as_: cli.global.as_,

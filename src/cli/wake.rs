@@ -24,6 +24,10 @@ pub struct Args {
     /// Print what would run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// If another wake of this session runs, wait for it to end instead of refusing (used by
+    /// `send --wake`, so mail sent during a wake still gets its own nudge).
+    #[arg(long)]
+    pub after_running: bool,
     /// Stop the agent after this long (e.g. 10m).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub timeout: Duration,
@@ -33,7 +37,14 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let target = store.resolve(&a.target)?;
     let nudge = a.message.as_deref().unwrap_or(wake::DEFAULT_NUDGE);
-    let report = wake::run(&ctx.config.home, &target, nudge, a.timeout, a.dry_run)?;
+    let report = wake::run(
+        &ctx.config.home,
+        &target,
+        nudge,
+        a.timeout,
+        a.dry_run,
+        a.after_running,
+    )?;
     let ok = report.dry_run || report.exit_code == Some(0);
     output::emit_outcome(ctx.json, &report, ok, || {
         let argv = report.invocation.argv.join(" ");

@@ -296,10 +296,15 @@ impl RelayServer {
                 kind,
                 ..Registration::default()
             })?;
-            *s.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(Identity {
-                query: reg.endpoint.id.clone(),
-                source: Source::Register,
-            });
+            // Pin the identity only when it was not found through the hooks' binding: a
+            // bound session is looked up again on every call (`/clear` rebinds it).
+            let bound = s.identity().is_none() && identity::from_binding(store.as_ref())?.is_some();
+            if !bound {
+                *s.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(Identity {
+                    query: reg.endpoint.id.clone(),
+                    source: Source::Register,
+                });
+            }
             Ok(serde_json::to_value(&reg)?)
         })
         .await

@@ -188,10 +188,13 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
         ),
         (Reason::NotDeliverable, _) => format!("{} cannot receive mail", req.to),
         (Reason::NotWakeable, Lookup::Found(t)) => format!(
-            "{} cannot be woken: only Claude Code and Codex sessions (with a session id and \
-             an existing working directory) can be resumed; send without --wake to leave it \
-             in the mailbox. Nothing was sent",
-            t.display_name()
+            "{} cannot be woken: {}; send without --wake to leave it in the mailbox. \
+             Nothing was sent",
+            t.display_name(),
+            crate::agents::wake::invocation(t, "").err().map_or_else(
+                || "it is not a dormant agent session".into(),
+                |e| e.to_string()
+            )
         ),
         (Reason::NotWakeable, _) => format!("{} cannot be woken", req.to),
     }

@@ -103,6 +103,13 @@ pub trait Store: Send + Sync {
     /// Backend errors.
     fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>>;
 
+    /// How many messages are pending for `recipient` (queued, or delivered with a lapsed
+    /// lease, and not expired), and their body bytes in total.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn pending(&self, recipient: &str) -> Result<(u64, u64)>;
+
     /// Marks messages acked. With `recipient`, only that recipient's messages can be acked;
     /// others are reported [`AckOutcome::NotYours`]. Ids may be unique prefixes.
     ///

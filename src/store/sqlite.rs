@@ -582,6 +582,18 @@ impl Store for SqliteStore {
         Ok(out.into_iter().map(|(_, m)| m).collect())
     }
 
+    fn pending(&self, recipient: &str) -> Result<(u64, u64)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM messages WHERE recipient = ?1 \
+             AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
+             AND (expires_at IS NULL OR expires_at > ?2)",
+        )?;
+        Ok(stmt.query_row(params![recipient, now_ms()], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?)
+    }
+
     fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

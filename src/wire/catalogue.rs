@@ -240,6 +240,14 @@ macro_rules! catalogue {
         pub(crate) fn fields() -> Vec<(u16, Vec<&'static str>)> {
             vec![ $( ($id, vec![$(stringify!($field)),*]), )* ]
         }
+
+        #[cfg(test)]
+        impl Msg {
+            /// The payload as JSON (field names as serde sees them).
+            pub(crate) fn payload_json(&self) -> serde_json::Value {
+                match self { $( Msg::$kind(m) => serde_json::to_value(m).expect("serializes"), )* }
+            }
+        }
     };
 }
 
@@ -279,3 +287,102 @@ const fn fnv1a(s: &str) -> u64 {
 
 /// FNV-1a 64 of [`CATALOGUE`]: fixed at build time, sent in [`Hello`].
 pub const CATALOGUE_HASH: u64 = fnv1a(CATALOGUE);
+
+/// One message of every kind, with non-default values (tests, docs/wire.md examples).
+pub fn samples() -> Vec<Msg> {
+    let s = |v: &str| v.to_string();
+    vec![
+        Msg::Hello(Hello {
+            protocol_version: 1,
+            catalogue_hash: CATALOGUE_HASH,
+            endpoint_id: s("0190f5a2-7b3c-7def-8abc-0123456789ab"),
+            name: Some(s("alice")),
+            capabilities: FD_PASSING | SHM_STREAMS,
+            max_frame: 1 << 20,
+            heartbeat_ms: 1000,
+        }),
+        Msg::HelloAck(HelloAck {
+            accepted: true,
+            reason: None,
+            endpoint_id: s("bob-id"),
+            capabilities: FD_PASSING,
+            max_frame: 65536,
+        }),
+        Msg::Ping(Ping { nonce: 7 }),
+        Msg::Pong(Pong { nonce: 7 }),
+        Msg::Deliver(Deliver {
+            message_id: s("m1"),
+            from: s("a"),
+            from_name: Some(s("alice")),
+            thread: Some(s("t")),
+            reply_to: None,
+            intent: 1,
+            content_type: s("text/plain; charset=utf-8"),
+            body: b"hello".to_vec(),
+            created_at: 1_700_000_000_000,
+        }),
+        Msg::DeliverAck(DeliverAck {
+            message_id: s("m1"),
+            accepted: true,
+            reason: None,
+        }),
+        Msg::Reply(Reply {
+            message_id: s("m2"),
+            reply_to: s("m1"),
+            content_type: s("text/plain"),
+            body: b"pong".to_vec(),
+        }),
+        Msg::StreamOpen(StreamOpen {
+            stream_id: 3,
+            capacity: 1 << 20,
+            shm: true,
+        }),
+        Msg::StreamAccept(StreamAccept {
+            stream_id: 3,
+            shm: true,
+        }),
+        Msg::StreamReject(StreamReject {
+            stream_id: 4,
+            reason: s("no slots"),
+        }),
+        Msg::StreamData(StreamData {
+            stream_id: 3,
+            offset: 4096,
+            data: vec![0, 1, 2, 255],
+        }),
+        Msg::StreamClose(StreamClose {
+            stream_id: 3,
+            total: 4100,
+        }),
+        Msg::Shutdown(Shutdown { reason: s("bye") }),
+        Msg::ShutdownAck(ShutdownAck {}),
+        Msg::Error(ErrorMsg {
+            code: 2,
+            message: s("unknown stream"),
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_text_names_every_field_of_every_struct() {
+        let samples = samples();
+        assert_eq!(samples.len(), MAX_KIND as usize);
+        for (msg, (id, fields)) in samples.iter().zip(fields()) {
+            assert_eq!(msg.kind(), id);
+            let keys: Vec<String> = msg
+                .payload_json()
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            assert_eq!(keys, fields, "kind {id} ({})", msg.name());
+        }
+        assert!(CATALOGUE.starts_with("1 Hello protocol_version:u16 catalogue_hash:u64"));
+        assert_ne!(CATALOGUE_HASH, 0);
+    }
+}

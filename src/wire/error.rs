@@ -8,13 +8,19 @@ pub enum Error {
         found: u32,
     },
     /// The header's version is not one this build speaks.
-    #[error("unsupported wire version {found}; this relay speaks version {}", super::VERSION)]
+    #[error(
+        "unsupported wire version {found}; this relay speaks version {}",
+        super::VERSION
+    )]
     UnsupportedVersion {
         /// The version found.
         found: u16,
     },
     /// The header's kind is 0 or not in the catalogue.
-    #[error("unknown message kind {kind}; catalogue v1 has kinds 1..={}", super::catalogue::MAX_KIND)]
+    #[error(
+        "unknown message kind {kind}; catalogue v1 has kinds 1..={}",
+        super::catalogue::MAX_KIND
+    )]
     UnknownKind {
         /// The kind found.
         kind: u16,
