@@ -681,7 +681,7 @@ fn doctor_reports_missing_integrations_with_fixes_and_passes_once_installed() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "Claude Code integration")
+        .find(|c| c["name"] == "Claude Code (user)")
         .unwrap()
         .clone();
     assert_eq!(claude["status"], "ok");

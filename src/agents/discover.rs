@@ -87,10 +87,14 @@ pub fn parse_claude(stem: &str, text: &str) -> Option<(String, Option<String>)> 
     Some((stem.to_string(), cwd))
 }
 
-/// Parses a Codex rollout head: the first line's `session_meta` payload.
+/// Parses a Codex rollout head: the first line's `session_meta` payload. A first line
+/// longer than the read cap (it can carry long instructions) is cut; then `id` and `cwd`
+/// are taken from the part that was read.
 pub fn parse_codex(text: &str) -> Option<(String, Option<String>)> {
     let first = text.lines().next()?;
-    let v: Value = serde_json::from_str(first).ok()?;
+    let Ok(v) = serde_json::from_str::<Value>(first) else {
+        return parse_codex_prefix(first);
+    };
     if v.get("type").and_then(Value::as_str) != Some("session_meta") {
         return None;
     }
@@ -101,6 +105,26 @@ pub fn parse_codex(text: &str) -> Option<(String, Option<String>)> {
     }
     let cwd = p.get("cwd").and_then(Value::as_str).map(str::to_string);
     Some((id.to_string(), cwd))
+}
+
+fn parse_codex_prefix(line: &str) -> Option<(String, Option<String>)> {
+    static ID: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#""payload"\s*:\s*\{\s*"id"\s*:\s*"([0-9a-fA-F-]{36})""#).expect("valid")
+    });
+    static CWD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#""cwd"\s*:\s*("(?:[^"\\]|\\.)*")"#).expect("valid")
+    });
+    if !line.contains("\"session_meta\"") {
+        return None;
+    }
+    let id = ID.captures(line)?.get(1)?.as_str().to_string();
+    if !names::is_uuid_shaped(&id) {
+        return None;
+    }
+    let cwd = CWD
+        .captures(line)
+        .and_then(|c| serde_json::from_str::<String>(c.get(1)?.as_str()).ok());
+    Some((id, cwd))
 }
 
 /// Files under `dir` (to `depth` levels) accepted by `keep`.
@@ -208,5 +232,12 @@ mod tests {
         assert_eq!(parse_codex(&ok.replace(ID, "../../etc")), None);
         assert_eq!(parse_codex("{\"type\":\"response_item\"}"), None);
         assert_eq!(parse_codex(""), None);
+        // A first line cut by the read cap still names its session.
+        let long = format!(
+            "{{\"timestamp\":\"t\",\"type\":\"session_meta\",\"payload\":{{\"id\":\"{ID}\",\"timestamp\":\"t\",\"cwd\":\"/w \\\"q\\\"\",\"instructions\":\"{}",
+            "x".repeat(70_000)
+        );
+        let cut = &long[..60_000];
+        assert_eq!(parse_codex(cut), Some((ID.into(), Some("/w \"q\"".into()))));
     }
 }

@@ -170,17 +170,101 @@ pub fn hook_command(exe: &Path, agent: Agent, event: Event) -> String {
     )
 }
 
-/// Whether `command` is a relay hook for `agent`/`event` from any relay binary.
-pub fn is_relay_hook(command: &str, agent: Agent, event: Event) -> bool {
+/// Splits a hook command into its program (undoing [`shell_quote`]) and the rest.
+fn split_program(command: &str) -> Option<(String, &str)> {
     let command = command.trim();
-    let (program, rest) = if let Some(q) = command.strip_prefix('\'') {
-        match q.find('\'') {
-            Some(end) => (&q[..end], &q[end + 1..]),
-            None => return false,
+    if command.starts_with('\'') {
+        let mut program = String::new();
+        let mut rest = command;
+        while let Some(q) = rest.strip_prefix('\'') {
+            let end = q.find('\'')?;
+            program.push_str(&q[..end]);
+            rest = &q[end + 1..];
+            match rest.strip_prefix("\\'") {
+                Some(r) => {
+                    program.push('\'');
+                    rest = r;
+                }
+                None => break,
+            }
         }
+        Some((program, rest))
     } else {
-        command.split_once(' ').unwrap_or((command, ""))
+        let (p, r) = command.split_once(' ').unwrap_or((command, ""));
+        Some((p.to_string(), r))
+    }
+}
+
+/// The relay programs `agent`'s config at `scope` points at (MCP server and hooks), as
+/// written there; empty when nothing of relay's is installed.
+pub fn installed_programs(agent: Agent, scope: Scope, env: &Env) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let json = |p: PathBuf| {
+        read(&p)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
     };
+    let (mcp_cmd, hooks) = match agent {
+        Agent::Claude => (
+            json(claude::mcp_path(scope, &env.home, &env.project)).and_then(|v| {
+                v["mcpServers"]["relay"]["command"]
+                    .as_str()
+                    .map(PathBuf::from)
+            }),
+            json(claude::settings_path(scope, &env.home, &env.project)),
+        ),
+        Agent::Codex => (
+            read(&codex::config_path(scope, &env.home, &env.project))
+                .ok()
+                .flatten()
+                .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
+                .and_then(|d| {
+                    d.get("mcp_servers")?
+                        .get("relay")?
+                        .get("command")?
+                        .as_str()
+                        .map(PathBuf::from)
+                }),
+            json(codex::hooks_path(scope, &env.home, &env.project)),
+        ),
+    };
+    out.extend(mcp_cmd);
+    if let Some(h) = hooks {
+        for event in Event::ALL {
+            for g in h["hooks"][event.hook_event_name()]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for hk in g["hooks"].as_array().into_iter().flatten() {
+                    if let Some(c) = hk["command"].as_str()
+                        && is_relay_hook(c, agent, event, &env.exe)
+                        && let Some((p, _)) = split_program(c)
+                    {
+                        out.push(PathBuf::from(p));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether `command` is a relay hook for `agent`/`event` from any relay binary: the
+/// program's file name is `relay` (or it is `exe`, whatever its name), and the arguments are
+/// exactly `hook <agent> <event>`.
+pub fn is_relay_hook(command: &str, agent: Agent, event: Event, exe: &Path) -> bool {
+    let Some((program, rest)) = split_program(command) else {
+        return false;
+    };
+    let program = program.as_str();
+    if Path::new(program) == exe {
+        let args: Vec<&str> = rest.split_whitespace().collect();
+        return args == ["hook", agent.name(), event.arg()];
+    }
     let name = Path::new(program)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -306,7 +390,7 @@ fn edit_hooks(
         };
         let mut i = 0;
         list.retain(|g| {
-            let ours = command_of(g).is_some_and(|c| is_relay_hook(&c, agent, event));
+            let ours = command_of(g).is_some_and(|c| is_relay_hook(&c, agent, event, &env.exe));
             let keep = !ours || Some(i) == keep_at;
             i += 1;
             keep
@@ -372,7 +456,9 @@ fn edit_codex_toml(
     let exe = env.exe.to_string_lossy().into_owned();
     if let Some(existing) = doc.get("mcp_servers").and_then(|s| s.get("relay")) {
         let command = existing.get("command").and_then(Item::as_str).unwrap_or("");
-        if Path::new(command).file_name().is_none_or(|n| n != "relay") {
+        if Path::new(command) != env.exe
+            && Path::new(command).file_name().is_none_or(|n| n != "relay")
+        {
             return Err(Error::NameClash {
                 path: path.to_path_buf(),
                 command: command.to_string(),
@@ -648,12 +734,28 @@ pub fn apply(plan: &Plan) -> Result<Vec<Applied>, Error> {
                 if let Some(dir) = f.path.parent() {
                     std::fs::create_dir_all(dir).map_err(io)?;
                 }
-                let tmp = f.path.with_extension("relay-tmp");
-                std::fs::write(&tmp, text).map_err(io)?;
-                if let Ok(meta) = std::fs::metadata(&f.path) {
-                    std::fs::set_permissions(&tmp, meta.permissions()).map_err(io)?;
+                // Write through a symlink (dotfile managers), never replace it.
+                let target = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+                let mode = std::fs::metadata(&target).map_or(0o600, |m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o7777
+                });
+                let tmp = target.with_extension("relay-tmp");
+                let _ = std::fs::remove_file(&tmp);
+                {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // Created with the file's own mode, so it is never readable by others.
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .open(&tmp)
+                        .map_err(io)?;
+                    file.write_all(text.as_bytes()).map_err(io)?;
+                    file.sync_all().map_err(io)?;
                 }
-                std::fs::rename(&tmp, &f.path).map_err(io)?;
+                std::fs::rename(&tmp, &target).map_err(io)?;
             }
             (None, _) => {
                 if f.before.is_some() {
@@ -690,28 +792,21 @@ mod tests {
     #[test]
     fn relay_hook_commands_are_recognised_from_any_path() {
         let e = Event::Stop;
-        assert!(is_relay_hook(
-            "/usr/local/bin/relay hook claude stop",
-            Agent::Claude,
-            e
-        ));
-        assert!(is_relay_hook(
-            "'/home/me/my tools/relay' hook claude stop",
-            Agent::Claude,
-            e
-        ));
-        assert!(is_relay_hook("relay hook claude stop", Agent::Claude, e));
-        assert!(!is_relay_hook("relay hook codex stop", Agent::Claude, e));
-        assert!(!is_relay_hook(
-            "/bin/relayer hook claude stop",
-            Agent::Claude,
-            e
-        ));
-        assert!(!is_relay_hook(
-            "relay hook claude stop; rm -rf /",
-            Agent::Claude,
-            e
-        ));
+        let exe = Path::new("/opt/bin/relay-nightly");
+        let is = |c: &str| is_relay_hook(c, Agent::Claude, e, exe);
+        assert!(is("/usr/local/bin/relay hook claude stop"));
+        assert!(is("'/home/me/my tools/relay' hook claude stop"));
+        assert!(is("relay hook claude stop"));
+        assert!(
+            is("/opt/bin/relay-nightly hook claude stop"),
+            "this binary, whatever its name"
+        );
+        let odd = Path::new("/home/o'neil/relay");
+        let cmd = hook_command(odd, Agent::Claude, e);
+        assert!(is_relay_hook(&cmd, Agent::Claude, e, odd), "{cmd}");
+        assert!(!is("relay hook codex stop"));
+        assert!(!is("/bin/relayer hook claude stop"));
+        assert!(!is("relay hook claude stop; rm -rf /"));
         assert_eq!(shell_quote("/a b/relay"), "'/a b/relay'");
         assert_eq!(shell_quote("/usr/bin/relay"), "/usr/bin/relay");
     }

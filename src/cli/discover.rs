@@ -32,9 +32,9 @@ struct Doc {
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let home = super::install::env()?;
     let mut sessions = discover::scan(&home.home, &home.project, a.within, a.tool);
-    // Mark registered sessions only if a store already exists: discover never creates one.
-    if ctx.config.db_path().exists() {
-        let store = ctx.store()?;
+    // Mark registered sessions from an existing store, opened read-only: discover writes
+    // nothing anywhere.
+    if let Some(store) = crate::store::SqliteStore::open_read_only(&ctx.config)? {
         for s in &mut sessions {
             if let Lookup::Found(e) = store.lookup(&s.id)?
                 && e.id == s.id

@@ -153,47 +153,89 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
         ));
         return;
     };
-    let name = format!("{} integration", agent.display());
-    let installed = match install::plan(agent, Scope::User, Action::Uninstall, &env) {
-        Ok(p) => p.files.iter().any(|f| !f.unchanged()),
-        Err(e) => {
+    let mut any = false;
+    for scope in [Scope::User, Scope::Project] {
+        let scope_name = match scope {
+            Scope::User => "user",
+            Scope::Project => "project",
+        };
+        let name = format!("{} ({scope_name})", agent.display());
+        let flag = if scope == Scope::Project {
+            " --scope project"
+        } else {
+            ""
+        };
+        let fix = Some(format!("relay install {}{flag}", agent.name()));
+        let installed = match install::plan(agent, scope, Action::Uninstall, &env) {
+            Ok(p) => p.files.iter().any(|f| !f.unchanged()),
+            Err(e) => {
+                out.push(check(
+                    name,
+                    Status::Fail,
+                    e.to_string(),
+                    Some("fix the file named above".into()),
+                ));
+                continue;
+            }
+        };
+        if !installed {
+            continue;
+        }
+        any = true;
+        // The binaries the config points at must exist and run.
+        let programs = install::installed_programs(agent, scope, &env);
+        let broken: Vec<String> = programs
+            .iter()
+            .filter(|p| rustix::fs::access(p.as_path(), rustix::fs::Access::EXEC_OK).is_err())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !broken.is_empty() {
             out.push(check(
                 name,
                 Status::Fail,
-                e.to_string(),
-                Some("fix the file named above".into()),
+                format!(
+                    "the config runs {}, which does not exist or is not executable",
+                    broken.join(", ")
+                ),
+                fix,
             ));
-            return;
+            continue;
         }
-    };
-    let current = install::is_current(agent, Scope::User, &env).unwrap_or(false);
-    let fix = Some(format!("relay install {}", agent.name()));
-    match (installed, current) {
-        (false, _) => out.push(check(
-            name,
-            Status::Warn,
-            "relay's MCP server and hooks are not installed (user scope)",
-            fix,
-        )),
-        (true, true) => {
+        let current = install::is_current(agent, scope, &env).unwrap_or(false);
+        if current {
             let mut detail = format!(
-                "MCP server and hooks installed, pointing at {}",
+                "MCP server and hooks installed, running {}",
                 env.exe.display()
             );
             if agent == Agent::Codex {
-                detail.push_str("; make sure they are trusted in Codex's /hooks");
+                detail.push_str("; trust them once in Codex's /hooks (older Codex: set [features] codex_hooks = true)");
             }
             out.push(check(name, Status::Ok, detail, None));
+        } else {
+            let points: Vec<String> = programs.iter().map(|p| p.display().to_string()).collect();
+            out.push(check(
+                name,
+                Status::Warn,
+                format!(
+                    "installed, but incomplete or running {} rather than this relay ({})",
+                    if points.is_empty() {
+                        "something else".into()
+                    } else {
+                        points.join(", ")
+                    },
+                    env.exe.display()
+                ),
+                fix,
+            ));
         }
-        (true, false) => out.push(check(
-            name,
-            Status::Fail,
-            format!(
-                "installed, but not all entries are present or they run another binary than {}",
-                env.exe.display()
-            ),
-            fix,
-        )),
+    }
+    if !any {
+        out.push(check(
+            format!("{} integration", agent.display()),
+            Status::Warn,
+            "relay's MCP server and hooks are not installed",
+            Some(format!("relay install {}", agent.name())),
+        ));
     }
 }
 

@@ -34,6 +34,11 @@ impl Doorbells {
         Ok(Doorbells { dir })
     }
 
+    /// Doorbells in `dir`, without creating it (read-only stores never ring).
+    pub(crate) fn at(dir: PathBuf) -> Doorbells {
+        Doorbells { dir }
+    }
+
     fn path(&self, endpoint_id: &str) -> PathBuf {
         // Endpoint ids are checked by `names::check_id` to be plain file names.
         self.dir.join(endpoint_id)

@@ -115,6 +115,33 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing store read-only (no migrations, nothing created): for commands that
+    /// promise not to write, such as `relay discover`. `Ok(None)` when there is no store.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`], and [`Error::SchemaTooNew`] / `Sqlite` for a store this
+    /// binary cannot read as it is.
+    pub fn open_read_only(config: &Config) -> Result<Option<SqliteStore>> {
+        let path = config.db_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        schema::check_header(&path)?;
+        let mut conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| not_a_db(e, &path))?;
+        conn.busy_handler(Some(busy_backoff()))?;
+        schema::check_version(&conn, &path).map_err(|e| not_a_db_err(e, &path))?;
+        Ok(Some(SqliteStore {
+            conn: Mutex::new(conn),
+            bells: Doorbells::at(config.doorbell_dir()),
+            listeners: Mutex::new(HashMap::new()),
+            max_body: config.max_body,
+        }))
+    }
+
     fn create_private_file(path: &PathBuf) -> Result<()> {
         match OpenOptions::new()
             .write(true)
