@@ -29,4 +29,5 @@ pub mod errors;
 pub mod mcp;
 pub mod route;
 pub mod store;
+pub mod transport;
 pub mod wire;

@@ -292,3 +292,21 @@ fn the_header_is_exactly_as_documented() {
     assert!(wire::encode(&Frame { seq: 0, msg: big }, 50, &mut out).is_err());
     assert_eq!(out, [1, 2, 3]);
 }
+
+/// Found by cargo fuzz: postcard reads a varint with a redundant continuation byte
+/// (`0x97 0x00` for 23), which re-encodes as `0x17`. One message must have one encoding.
+#[test]
+fn regression_over_long_varints_are_malformed() {
+    let mut b = Vec::new();
+    b.extend_from_slice(&MAGIC.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&3u16.to_le_bytes()); // Ping
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&[0x97, 0x00]);
+    let e = wire::decode(&b, MAX).unwrap_err();
+    assert!(
+        matches!(&e, Error::Malformed { reason, .. } if reason.contains("non-canonical")),
+        "{e}"
+    );
+}

@@ -219,6 +219,18 @@ macro_rules! catalogue {
                                 reason: format!("{} trailing bytes", rest.len()),
                             });
                         }
+                        // One message, one encoding: postcard also reads varints with
+                        // redundant continuation bytes, which would re-encode differently.
+                        let canonical = postcard::to_allocvec(&m).map_err(|e| super::Error::Malformed {
+                            kind: stringify!($kind),
+                            reason: e.to_string(),
+                        })?;
+                        if canonical != payload {
+                            return Err(super::Error::Malformed {
+                                kind: stringify!($kind),
+                                reason: "non-canonical encoding (over-long varint)".into(),
+                            });
+                        }
                         Ok(Msg::$kind(m))
                     } )*
                     _ => Err(super::Error::UnknownKind { kind }),

@@ -1,0 +1,181 @@
+//! A framed connection over a Unix stream socket: buffered frame reads (two-pass, length
+//! checked before the buffer grows), frame writes, and file descriptors passed alongside
+//! frames with SCM_RIGHTS.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+
+use super::Error;
+use crate::wire::{self, Frame, HARD_MAX_FRAME, Msg};
+
+/// Most file descriptors accepted with one read.
+const MAX_FDS: usize = 8;
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A framed, bidirectional connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    max_frame: u32,
+    seq: u32,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    /// Wraps a connected stream. Frames up to 16 MiB are accepted until
+    /// [`Connection::set_max_frame`] lowers it after the handshake.
+    pub fn new(stream: UnixStream) -> Connection {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            fds: VecDeque::new(),
+            max_frame: HARD_MAX_FRAME,
+            seq: 0,
+            out: Vec::with_capacity(256),
+        }
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sets the largest payload accepted and sent (the negotiated `max_frame`).
+    pub fn set_max_frame(&mut self, max: u32) {
+        self.max_frame = max.min(HARD_MAX_FRAME);
+    }
+
+    /// Limits how long a read blocks (`None`: forever).
+    ///
+    /// # Errors
+    /// The socket option failed.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.stream.set_read_timeout(t)
+    }
+
+    /// The peer's pid, uid and gid (SO_PEERCRED).
+    ///
+    /// # Errors
+    /// The socket option failed.
+    pub fn peer_credentials(&self) -> std::io::Result<rustix::net::UCred> {
+        Ok(rustix::net::sockopt::socket_peercred(&self.stream)?)
+    }
+
+    /// Reads the next frame. `Ok(None)` on a clean end of stream (between frames).
+    ///
+    /// # Errors
+    /// [`Error::Wire`] for invalid bytes (including `Truncated` at EOF inside a frame),
+    /// [`Error::Io`] for socket errors and read timeouts.
+    pub fn read_frame(&mut self) -> Result<Option<Frame>, Error> {
+        loop {
+            if let Some((frame, used)) = wire::decode(&self.buf, self.max_frame)? {
+                self.buf.drain(..used);
+                return Ok(Some(frame));
+            }
+            if self.fill()? == 0 {
+                wire::at_eof(&self.buf, self.max_frame)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// One `recvmsg`: appends bytes to the buffer and queues any passed descriptors.
+    fn fill(&mut self) -> Result<usize, Error> {
+        let start = self.buf.len();
+        self.buf.resize(start + READ_CHUNK, 0);
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
+            match recvmsg(
+                &self.stream,
+                &mut iov,
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(r) => break Ok(r.bytes),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => break Err(std::io::Error::from(e)),
+            }
+        };
+        let n = match got {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.truncate(start);
+                return Err(e.into());
+            }
+        };
+        self.buf.truncate(start + n);
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = msg {
+                self.fds.extend(fds);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Descriptors received so far (in arrival order), taken out of the connection.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        self.fds.drain(..).collect()
+    }
+
+    fn encode(&mut self, msg: Msg) -> Result<(), Error> {
+        self.out.clear();
+        let frame = Frame { seq: self.seq, msg };
+        wire::encode(&frame, self.max_frame, &mut self.out)?;
+        self.seq = self.seq.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Writes one frame.
+    ///
+    /// # Errors
+    /// [`Error::Wire`] (`FrameTooLarge`) before anything is written; socket errors.
+    pub fn write_frame(&mut self, msg: Msg) -> Result<(), Error> {
+        self.encode(msg)?;
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Writes one frame with file descriptors attached (SCM_RIGHTS, on its first byte).
+    ///
+    /// # Errors
+    /// As [`Connection::write_frame`].
+    pub fn send_with_fds(&mut self, msg: Msg, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        self.encode(msg)?;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(Error::Protocol(format!(
+                "at most {MAX_FDS} descriptors per frame"
+            )));
+        }
+        let sent = loop {
+            match sendmsg(
+                self.stream.as_fd(),
+                &[IoSlice::new(&self.out)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+        };
+        // The descriptors went with the first byte; the rest is a plain write.
+        self.stream.write_all(&self.out[sent..])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! Unix-socket transport (DESIGN.md §6): a framed [`Connection`] with fd passing and peer
+//! credentials, the versioned [`handshake`], and a [`Listener`] that reclaims stale socket
+//! files and refuses other users before reading a byte.
+//!
+//! Blocking std sockets, a thread per connection: a relay endpoint has a handful of peers,
+//! and a blocking read wakes faster than a reactor hop, which is what the RTT is about.
+
+pub mod connection;
+pub mod handshake;
+pub mod listener;
+
+use std::path::{Path, PathBuf};
+
+pub use connection::Connection;
+pub use handshake::{Local, Session};
+pub use listener::Listener;
+
+/// Where live endpoints put their sockets: `$RELAY_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/relay`, else `$RELAY_HOME/run` (mode 0700).
+pub fn runtime_dir(relay_home: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("RELAY_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("relay");
+    }
+    relay_home.join("run")
+}
+
+/// `<runtime dir>/<endpoint id>.sock`. Endpoint ids are plain file names
+/// (`store::names::check_id`).
+pub fn socket_path(runtime: &Path, endpoint_id: &str) -> PathBuf {
+    runtime.join(format!("{endpoint_id}.sock"))
+}
+
+/// What went wrong on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket call failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent bytes that are not valid frames; the connection is closed.
+    #[error("{0}")]
+    Wire(#[from] crate::wire::Error),
+    /// The peer closed the connection.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The handshake was refused (by either side), with the reason.
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    /// The peer sent a frame the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A connecting process runs as another user; it was closed before a byte was read.
+    #[error("refused a connection from uid {uid} (relay accepts only its own user, uid {own})")]
+    PeerUid {
+        /// The peer's uid.
+        uid: u32,
+        /// Ours.
+        own: u32,
+    },
+    /// A live endpoint already listens on the socket; it was left alone.
+    #[error("{path} is in use by a live endpoint (pid {pid}); it was not touched")]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+        /// The process holding it.
+        pid: i32,
+    },
+}
