@@ -30,6 +30,13 @@ impl Listener {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
+            // An existing directory of ours is narrowed to 0700 too: sockets in it must
+            // not be reachable by others (connect needs search permission on the path).
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let meta = std::fs::metadata(dir)?;
+            if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
         }
         match UnixStream::connect(path) {
             Ok(s) => {
