@@ -95,6 +95,7 @@ fn send_latency(
             reply_to: None,
             ttl: None,
             wake: false,
+            runtime_dir: None,
         };
         let t = Instant::now();
         route::send(&store, req)?;
@@ -232,6 +233,7 @@ fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
                 reply_to: None,
                 ttl: None,
                 wake: false,
+                runtime_dir: None,
             },
         )?;
         let line = lines

@@ -103,6 +103,7 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
                 reply_to,
                 ttl: None,
                 wake: false,
+                runtime_dir: None,
             },
         )
     };

@@ -16,6 +16,7 @@ mod gc;
 mod hook;
 mod inbox;
 mod install;
+mod listen;
 mod mcp;
 mod output;
 mod register;
@@ -92,6 +93,8 @@ pub enum Command {
     Roster(roster::Args),
     /// Send a message to an endpoint.
     Send(send::Args),
+    /// Run a live endpoint: messages arrive over its socket as they are sent.
+    Listen(listen::Args),
     /// Read your mail (acked after it is printed, unless --peek or --no-ack).
     Inbox(inbox::Args),
     /// Acknowledge messages by id (or unique id prefix).
@@ -252,6 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Roster(a) => roster::run(&ctx, a),
         Command::Send(a) => send::run(&ctx, a),
         Command::Inbox(a) => inbox::run(&ctx, a),
+        Command::Listen(a) => listen::run(&ctx, a),
         Command::Ack(a) => ack::run(&ctx, a),
         Command::Wait(a) => wait::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),

@@ -123,6 +123,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             reply_to: a.reply_to.clone(),
             ttl: a.ttl,
             wake: a.wake,
+            runtime_dir: Some(crate::transport::runtime_dir(&ctx.config.home)),
         })
         .collect();
     let sent = route::send_all(&store as &dyn Store, reqs)?;

@@ -350,6 +350,7 @@ impl RelayServer {
                     reply_to: p.reply_to,
                     ttl: None,
                     wake: p.wake.unwrap_or(false),
+                    runtime_dir: Some(crate::transport::runtime_dir(&s.config.home)),
                 },
             )?;
             let mut doc = serde_json::to_value(&sent)?;

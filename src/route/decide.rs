@@ -20,11 +20,37 @@ pub enum Resolution {
     Ambiguous,
 }
 
+/// Whether the target has a live socket (probed by connecting to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiveState {
+    /// Something accepted a connection on the target's socket.
+    Live,
+    /// A socket file exists but the connection was refused: a crashed endpoint.
+    StaleSocket,
+    /// No socket file.
+    NoSocket,
+    /// The probe failed some other way (permissions, timeouts).
+    Indeterminate,
+}
+
+impl LiveState {
+    /// Every state, for tables.
+    pub const ALL: [LiveState; 4] = [
+        LiveState::Live,
+        LiveState::StaleSocket,
+        LiveState::NoSocket,
+        LiveState::Indeterminate,
+    ];
+}
+
 /// Facts gathered before deciding. Gathered by [`super::dispatch`], never by callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     /// How the target query resolved.
     pub resolution: Resolution,
+    /// The target's live socket.
+    pub live: LiveState,
     /// Whether the target reads a mailbox (`Endpoint::mailbox`).
     pub consumes_mailbox: bool,
     /// Whether the target is a dormant agent session relay can resume: a Claude Code or
@@ -49,6 +75,8 @@ pub struct Ask {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "route", content = "reason")]
 pub enum Decision {
+    /// Over the target's socket now (also recorded in the store, so receipts stay true).
+    Live,
     /// Into the durable store, read later.
     Mailbox,
     /// Into the durable store, then the dormant session is resumed to read it.
@@ -59,11 +87,12 @@ pub enum Decision {
 
 impl Decision {
     /// Every route, for tables that must cover them all.
-    pub const ROUTES: [&'static str; 3] = ["mailbox", "wake", "reject"];
+    pub const ROUTES: [&'static str; 4] = ["live", "mailbox", "wake", "reject"];
 
     /// The route's stable name: `mailbox`, `wake` or `reject`.
     pub fn route_name(self) -> &'static str {
         match self {
+            Decision::Live => "live",
             Decision::Mailbox => "mailbox",
             Decision::Wake => "wake",
             Decision::Reject(_) => "reject",
@@ -116,7 +145,9 @@ impl std::fmt::Display for Reason {
 }
 
 /// Decides the route. Resolution first (nothing else is known about a target that was
-/// not found), then size, then whether the mailbox can carry it, then the wake.
+/// not found), then size, then a live socket, then whether the mailbox can carry it, then
+/// the wake. A stale or indeterminate socket counts as not live: the mailbox is the safe
+/// path.
 ///
 /// `ask.intent` does not change a mailbox decision: every endpoint that reads its mailbox
 /// can answer a request through its own send. It starts to matter with live routing, where
@@ -129,6 +160,10 @@ pub fn decide(facts: &Facts, ask: Ask) -> Decision {
     }
     if facts.body_len > facts.body_cap {
         return Decision::Reject(Reason::TooLarge);
+    }
+    // A live target gets it now; no mailbox or wake is needed.
+    if facts.live == LiveState::Live {
+        return Decision::Live;
     }
     if !facts.consumes_mailbox {
         return Decision::Reject(Reason::NotDeliverable);
@@ -148,11 +183,19 @@ mod tests {
 
     /// The expected decision for a cell, written as a first-match rule list (a different
     /// shape from `decide`, so a slip in one does not hide in the other).
-    fn expected(r: Resolution, mailbox: bool, over: bool, wake: bool, wakeable: bool) -> Decision {
-        let rules: [(bool, Decision); 7] = [
+    fn expected(
+        r: Resolution,
+        live: LiveState,
+        mailbox: bool,
+        over: bool,
+        wake: bool,
+        wakeable: bool,
+    ) -> Decision {
+        let rules: [(bool, Decision); 8] = [
             (r == Resolution::Unknown, Reject(UnknownTarget)),
             (r == Resolution::Ambiguous, Reject(AmbiguousTarget)),
             (over, Reject(TooLarge)),
+            (live == LiveState::Live, Live),
             (!mailbox, Reject(NotDeliverable)),
             (wake && !wakeable, Reject(NotWakeable)),
             (wake, Wake),
@@ -176,41 +219,48 @@ mod tests {
             Resolution::Unknown,
             Resolution::Ambiguous,
         ] {
-            for consumes_mailbox in [true, false] {
-                for body_len in [0, cap, cap + 1] {
-                    for intent in Intent::ALL {
-                        for wake in [false, true] {
-                            for wakeable in [false, true] {
-                                let facts = Facts {
-                                    resolution,
-                                    consumes_mailbox,
-                                    wakeable,
-                                    body_len,
-                                    body_cap: cap,
-                                };
-                                let got = decide(&facts, Ask { intent, wake });
-                                let want = expected(
-                                    resolution,
-                                    consumes_mailbox,
-                                    body_len > cap,
-                                    wake,
-                                    wakeable,
-                                );
-                                assert_eq!(got, want, "{facts:?} intent={intent:?} wake={wake}");
-                                seen.push(got);
-                                cells += 1;
+            for live in LiveState::ALL {
+                for consumes_mailbox in [true, false] {
+                    for body_len in [0, cap, cap + 1] {
+                        for intent in Intent::ALL {
+                            for wake in [false, true] {
+                                for wakeable in [false, true] {
+                                    let facts = Facts {
+                                        resolution,
+                                        live,
+                                        consumes_mailbox,
+                                        wakeable,
+                                        body_len,
+                                        body_cap: cap,
+                                    };
+                                    let got = decide(&facts, Ask { intent, wake });
+                                    let want = expected(
+                                        resolution,
+                                        live,
+                                        consumes_mailbox,
+                                        body_len > cap,
+                                        wake,
+                                        wakeable,
+                                    );
+                                    assert_eq!(
+                                        got, want,
+                                        "{facts:?} intent={intent:?} wake={wake}"
+                                    );
+                                    seen.push(got);
+                                    cells += 1;
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        assert_eq!(cells, 3 * 2 * 3 * 2 * 2 * 2);
+        assert_eq!(cells, 3 * 4 * 2 * 3 * 2 * 2 * 2);
         // Every route and every reason must be produced by some cell. The match is
         // exhaustive, so a new variant fails to compile until it is listed here.
         for d in &seen {
             match d {
-                Mailbox | Wake => {}
+                Live | Mailbox | Wake => {}
                 Reject(
                     UnknownTarget | AmbiguousTarget | TooLarge | NotDeliverable | NotWakeable,
                 ) => {}
@@ -234,6 +284,7 @@ mod tests {
     fn a_few_cells_spelled_out() {
         let found = Facts {
             resolution: Resolution::Found,
+            live: LiveState::NoSocket,
             consumes_mailbox: true,
             wakeable: true,
             body_len: 10,
@@ -248,6 +299,23 @@ mod tests {
             wake: true,
         };
         assert_eq!(decide(&found, notify), Mailbox);
+        let live = Facts {
+            live: LiveState::Live,
+            consumes_mailbox: false,
+            ..found
+        };
+        assert_eq!(decide(&live, notify), Live);
+        assert_eq!(decide(&live, wake), Live, "a live session needs no wake");
+        assert_eq!(
+            decide(
+                &Facts {
+                    live: LiveState::StaleSocket,
+                    ..found
+                },
+                notify
+            ),
+            Mailbox
+        );
         assert_eq!(decide(&found, wake), Wake);
         assert_eq!(
             decide(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decide::{Ask, Decision, Facts, Reason, Resolution, decide};
+use super::decide::{Ask, Decision, Facts, LiveState, Reason, Resolution, decide};
 use crate::clock::now_ms;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 
@@ -46,6 +46,9 @@ pub struct SendRequest {
     pub ttl: Option<Duration>,
     /// Resume the target session after queuing (it must be a resumable agent session).
     pub wake: bool,
+    /// Where live endpoints' sockets are (`transport::runtime_dir`); `None` skips the live
+    /// path and uses the mailbox only.
+    pub runtime_dir: Option<std::path::PathBuf>,
 }
 
 /// What a send did: the route it took and the receipt as stored.
@@ -75,31 +78,104 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
 /// # Errors
 /// As [`send`], for the first message that fails; then nothing is stored.
 pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, Error> {
-    let mut decisions = Vec::with_capacity(reqs.len());
+    let mut plans = Vec::with_capacity(reqs.len());
     let mut msgs = Vec::with_capacity(reqs.len());
     for req in reqs {
-        let (decision, msg) = plan(store, req)?;
-        decisions.push(decision);
-        msgs.push(msg);
+        let p = plan(store, req)?;
+        msgs.push(p.msg.clone());
+        plans.push(p);
     }
+    // Stored first, always: the store is the record, and the mailbox is where a message
+    // waits if the live hand-over fails.
     let receipts = store.enqueue_batch(&msgs)?;
-    Ok(decisions
-        .into_iter()
-        .zip(receipts)
-        .map(|(route, receipt)| Sent { route, receipt })
-        .collect())
+    let mut out = Vec::with_capacity(plans.len());
+    for (p, receipt) in plans.into_iter().zip(receipts) {
+        out.push(match p.decision {
+            Decision::Live => carry_live(store, p, receipt)?,
+            route => Sent { route, receipt },
+        });
+    }
+    Ok(out)
+}
+
+/// How long a live hand-over may take before the message is left in the mailbox.
+const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands a stored message to the target's socket; on `DeliverAck` it is acked in the
+/// store. If the socket vanished since the probe, probe once more; failing that, the
+/// message stays queued in the mailbox and the route says so.
+fn carry_live(store: &dyn Store, p: Plan, receipt: Receipt) -> Result<Sent, Error> {
+    use crate::transport::{Local, client};
+    use crate::wire::catalogue::Deliver;
+    let mut me = Local::new(p.msg.from.clone());
+    me.name = p.from_name.clone();
+    let deliver = Deliver {
+        message_id: receipt.id.clone(),
+        from: p.msg.from.clone(),
+        from_name: p.from_name.clone(),
+        thread: p.msg.thread.clone(),
+        reply_to: p.msg.reply_to.clone(),
+        intent: u8::from(p.msg.intent == Intent::Request),
+        content_type: p.msg.content_type.clone(),
+        body: p.msg.body.clone(),
+        created_at: receipt.created_at,
+    };
+    let mut stream = p.stream;
+    for attempt in 0..2 {
+        if stream.is_none() && attempt > 0 {
+            stream = p.socket.as_deref().and_then(|s| client::probe(s).1);
+        }
+        let Some(s) = stream.take() else { continue };
+        match client::deliver(s, &me, deliver.clone(), LIVE_TIMEOUT) {
+            Ok(ack) if ack.accepted => {
+                store.ack(Some(&p.msg.to), std::slice::from_ref(&receipt.id))?;
+                return Ok(Sent {
+                    route: Decision::Live,
+                    receipt: store.receipt(&receipt.id)?,
+                });
+            }
+            Ok(ack) => {
+                tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, "live hand-over failed"),
+        }
+    }
+    Ok(Sent {
+        route: Decision::Mailbox,
+        receipt,
+    })
+}
+
+/// A decided message, not yet stored.
+struct Plan {
+    decision: Decision,
+    msg: NewMessage,
+    from_name: Option<String>,
+    /// With `Live`: the probed connection and the socket path.
+    stream: Option<std::os::unix::net::UnixStream>,
+    socket: Option<std::path::PathBuf>,
 }
 
 /// Gathers facts, decides, and builds the message to store. Writes nothing.
-fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), Error> {
+fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
     let lookup = store.lookup(&req.to)?;
     let (resolution, target) = match &lookup {
         Lookup::Found(e) => (Resolution::Found, Some(e)),
         Lookup::Unknown => (Resolution::Unknown, None),
         Lookup::Ambiguous(_) => (Resolution::Ambiguous, None),
     };
+    let socket = match (&req.runtime_dir, target) {
+        (Some(dir), Some(t)) => Some(crate::transport::socket_path(dir, &t.id)),
+        _ => None,
+    };
+    let (live, stream) = match &socket {
+        Some(path) => crate::transport::client::probe(path),
+        None => (LiveState::NoSocket, None),
+    };
     let facts = Facts {
         resolution,
+        live,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
         wakeable: target.is_some_and(wakeable),
         body_len: req.body.len(),
@@ -113,7 +189,7 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
         },
     );
     let target = match (decision, target) {
-        (Decision::Mailbox | Decision::Wake, Some(t)) => t,
+        (Decision::Live | Decision::Mailbox | Decision::Wake, Some(t)) => t,
         (Decision::Reject(reason), _) => {
             return Err(Error::Rejected {
                 reason,
@@ -121,7 +197,7 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
             });
         }
         // decide() only routes targets that were found.
-        (Decision::Mailbox | Decision::Wake, None) => {
+        (Decision::Live | Decision::Mailbox | Decision::Wake, None) => {
             return Err(Error::Rejected {
                 reason: Reason::UnknownTarget,
                 detail: reject_detail(Reason::UnknownTarget, &req, &lookup, &facts),
@@ -151,7 +227,17 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<(Decision, NewMessage), E
             .ttl
             .map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
     };
-    Ok((decision, msg))
+    Ok(Plan {
+        decision,
+        from_name: req.from.name.clone(),
+        msg,
+        stream: if decision == Decision::Live {
+            stream
+        } else {
+            None
+        },
+        socket,
+    })
 }
 
 /// A Claude Code or Codex session with a UUID id and a working directory that exists.

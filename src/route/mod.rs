@@ -5,5 +5,5 @@
 mod decide;
 pub mod dispatch;
 
-pub use decide::{Ask, Decision, Facts, Reason, Resolution, decide};
+pub use decide::{Ask, Decision, Facts, LiveState, Reason, Resolution, decide};
 pub use dispatch::{Error, SendRequest, Sent, send, send_all};

@@ -5,6 +5,7 @@
 //! Blocking std sockets, a thread per connection: a relay endpoint has a handful of peers,
 //! and a blocking read wakes faster than a reactor hop, which is what the RTT is about.
 
+pub mod client;
 pub mod connection;
 pub mod handshake;
 pub mod listener;
