@@ -10,7 +10,7 @@
 //!   (round trip / 2) of an 8-byte ping-pong over a raw Unix socket between two processes.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -301,21 +301,6 @@ pub fn child_waiter(store: &dyn Store, me: &Endpoint, count: usize) -> anyhow::R
             .unwrap_or(now);
         writeln!(out, "{}", now.saturating_sub(stamp))?;
         out.flush()?;
-    }
-    Ok(())
-}
-
-/// The echo child: connects to `socket` and echoes `count` 8-byte pings.
-///
-/// # Errors
-/// Socket errors.
-pub fn child_echo(socket: &Path, count: usize) -> anyhow::Result<()> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(CHILD_DEADLINE))?;
-    let mut buf = [0u8; 8];
-    for _ in 0..count {
-        s.read_exact(&mut buf)?;
-        s.write_all(&buf)?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod hook;
 pub mod mailbox;
+pub mod rtt;
 
 use std::path::Path;
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub struct Latency {
     pub p50_us: f64,
     /// 99th percentile, µs.
     pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
     /// Maximum, µs.
     pub max_us: f64,
 }
@@ -97,6 +100,7 @@ impl Recorder {
             samples: self.0.len(),
             p50_us: us(self.0.value_at_quantile(0.5)),
             p99_us: us(self.0.value_at_quantile(0.99)),
+            p999_us: us(self.0.value_at_quantile(0.999)),
             max_us: us(self.0.max()),
         }
     }
@@ -111,4 +115,11 @@ pub fn write_report(path: &Path, text: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, text)
+}
+
+/// Pins the calling thread to one CPU (best effort; returns whether it worked).
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).is_ok()
 }

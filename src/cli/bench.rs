@@ -21,9 +21,25 @@ pub enum What {
     /// Durable send latency, batched send and fetch+ack throughput, cross-process wake-up,
     /// each with a baseline from the same run.
     Mailbox(MailboxArgs),
+    /// Round trip over relay's framed protocol next to a raw Unix socket, same placement.
+    Rtt(RttArgs),
     /// Cost of one agent hook process (cold start included), with /bin/true and
     /// `relay --version` as baselines.
     Hook(HookArgs),
+}
+
+/// Arguments of `relay bench rtt`.
+#[derive(Debug, clap::Args)]
+pub struct RttArgs {
+    /// Round trips per row.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
+    pub n: u32,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub size: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/rtt.md")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `relay bench hook`.
@@ -53,8 +69,10 @@ pub struct MailboxArgs {
 pub enum Role {
     /// Blocks in `wait` and reports wake-up latency per message.
     Waiter,
-    /// Echoes 8-byte pings over a Unix socket.
+    /// Echoes pings over a raw Unix socket.
     Echo,
+    /// Echoes frames over relay's protocol.
+    FrameEcho,
 }
 
 /// Arguments of the hidden `relay bench-child`.
@@ -69,6 +87,12 @@ pub struct ChildArgs {
     /// Socket path (echo).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Bytes per raw echo (default 8).
+    #[arg(long, default_value_t = 8)]
+    pub size: usize,
+    /// Pin to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
 }
 
 struct Bar(ProgressBar);
@@ -88,6 +112,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let m = match a.what {
         What::Mailbox(m) => m,
         What::Hook(h) => return run_hook(ctx, h),
+        What::Rtt(r) => return run_rtt(ctx, r),
     };
     let bar = if ctx.json {
         ProgressBar::hidden()
@@ -104,6 +129,27 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     bench::write_report(&m.out, &md)?;
     output::emit(ctx.json, &report, || {
         format!("{md}\nwritten to {}", m.out.display())
+    });
+    Ok(EXIT_OK)
+}
+
+fn run_rtt(ctx: &Ctx, a: RttArgs) -> anyhow::Result<u8> {
+    let steps = u64::from(a.n).div_ceil(1000) * 4;
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps).with_style(
+            ProgressStyle::with_template("round trips {bar:30} {percent}%")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let report = crate::bench::rtt::run(a.n as usize, a.size as usize, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let md = crate::bench::rtt::markdown(&report, &when);
+    bench::write_report(&a.out, &md)?;
+    output::emit(ctx.json, &report, || {
+        format!("{md}\nwritten to {}", a.out.display())
     });
     Ok(EXIT_OK)
 }
@@ -139,7 +185,13 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             let socket = a
                 .socket
                 .ok_or_else(|| super::UsageError("echo needs --socket".into()))?;
-            mailbox::child_echo(&socket, a.count)?;
+            crate::bench::rtt::child_raw_echo(&socket, a.count, a.size, a.cpu)?;
+        }
+        Role::FrameEcho => {
+            let socket = a
+                .socket
+                .ok_or_else(|| super::UsageError("frame-echo needs --socket".into()))?;
+            crate::bench::rtt::child_frame_echo(&socket, a.count, a.cpu)?;
         }
     }
     Ok(EXIT_OK)

@@ -27,6 +27,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Connection {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Read into once, then copied: re-zeroing a 64 KiB tail on every read cost more than
+    /// the round trip it serves.
+    scratch: Box<[u8]>,
     fds: VecDeque<OwnedFd>,
     max_frame: u32,
     seq: u32,
@@ -40,6 +43,7 @@ impl Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             fds: VecDeque::new(),
             max_frame: HARD_MAX_FRAME,
             seq: 0,
@@ -93,31 +97,22 @@ impl Connection {
 
     /// One `recvmsg`: appends bytes to the buffer and queues any passed descriptors.
     fn fill(&mut self) -> Result<usize, Error> {
-        let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let got = loop {
-            let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
+        let n = loop {
+            let mut iov = [IoSliceMut::new(&mut self.scratch)];
             match recvmsg(
                 &self.stream,
                 &mut iov,
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC,
             ) {
-                Ok(r) => break Ok(r.bytes),
+                Ok(r) => break r.bytes,
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => break Err(std::io::Error::from(e)),
+                Err(e) => return Err(std::io::Error::from(e).into()),
             }
         };
-        let n = match got {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(start);
-                return Err(e.into());
-            }
-        };
-        self.buf.truncate(start + n);
+        self.buf.extend_from_slice(&self.scratch[..n]);
         for msg in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
                 self.fds.extend(fds);
