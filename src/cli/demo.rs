@@ -9,6 +9,10 @@
 //!    recorded hook payloads and MCP calls: mail reaches a session through its hook, and an
 //!    idle session is nudged by its Stop hook (see `demo_agents.rs`).
 //!
+//! 4. **Live path** — a `relay listen` endpoint gets mail over its socket while a dormant
+//!    one gets it through its mailbox; a supervisor kills its child and measures detection
+//!    and recovery (see `demo_live.rs`).
+//!
 //! The summary counts sent, delivered, acked, lost and duplicated messages and the
 //! send→receive latency; exit status 0 only when nothing was lost.
 
@@ -280,6 +284,8 @@ struct Summary {
     throughput_msgs_per_s: f64,
     #[serde(flatten)]
     agents: super::demo_agents::AgentsOutcome,
+    #[serde(flatten)]
+    live: super::demo_live::LiveOutcome,
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
@@ -393,6 +399,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     std::fs::create_dir_all(&project)?;
     let agents = super::demo_agents::run(&config.home, &project, &say)?;
 
+    // 4. Live path.
+    say(
+        "\n4. live path: a listening endpoint next to a dormant one, and a supervised child".into(),
+    );
+    let live = super::demo_live::run(&store, &config.home, &say)?;
+
     let unique: HashSet<&String> = received.iter().collect();
     let mut s = Summary {
         conversation_rounds: a.rounds,
@@ -407,6 +419,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         burst_seconds: burst.as_secs_f64(),
         throughput_msgs_per_s: received.len() as f64 / burst.as_secs_f64().max(1e-9),
         agents,
+        live,
         ..Summary::default()
     };
     // Receipts, read back from the store: what a sender would be told.
@@ -447,6 +460,16 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             s.agents.hook_deliveries,
             "idle sessions nudged (Stop)",
             s.agents.stop_nudges,
+        ) + &format!(
+            "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
+            "routes live / mailbox",
+            format!("{} / {}", s.live.live_sent, s.live.mailbox_sent),
+            "live send p50",
+            format!("{} µs", s.live.live_send_p50_us),
+            "child crash noticed in",
+            format!("{} µs", s.live.supervise_detect_us),
+            "child recovered in",
+            format!("{} µs", s.live.supervise_recover_us),
         )
     });
     if a.keep {

@@ -10,6 +10,7 @@ mod ack;
 mod bench;
 mod demo;
 mod demo_agents;
+mod demo_live;
 mod discover;
 mod doctor;
 mod gc;
@@ -126,6 +127,12 @@ pub enum Command {
     /// Internal: a demo child process.
     #[command(hide = true, name = "demo-child")]
     DemoChild(demo::ChildArgs),
+    /// Internal: a supervised child endpoint (see transport::supervise).
+    #[command(hide = true, name = "supervised-child")]
+    SupervisedChild,
+    /// Internal: a supervisor parent for tests (prints its child's pid, then waits).
+    #[command(hide = true, name = "supervisor-parent")]
+    SupervisorParent,
     /// Internal: a benchmark child process.
     #[command(hide = true, name = "bench-child")]
     BenchChild(bench::ChildArgs),
@@ -271,6 +278,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(a) => bench::run(&ctx, a),
         Command::DemoChild(a) => demo::child(&ctx, a),
         Command::BenchChild(a) => bench::child(&ctx, a),
+        Command::SupervisedChild => {
+            crate::transport::supervise::run_child(&crate::transport::Local::new("child"))?;
+            Ok(EXIT_OK)
+        }
+        Command::SupervisorParent => {
+            let exe = std::env::current_exe()?;
+            let mut s = crate::transport::supervise::Supervised::spawn(
+                &exe,
+                &["supervised-child"],
+                &crate::transport::Local::new("parent"),
+            )?;
+            s.echo()?;
+            output::line(&s.pid().to_string());
+            // Wait to be killed; the child notices through its end of the pair.
+            let _ = s.wait_for_death(std::time::Instant::now());
+            Ok(EXIT_OK)
+        }
     }
 }
 

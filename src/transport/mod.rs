@@ -9,6 +9,7 @@ pub mod client;
 pub mod connection;
 pub mod handshake;
 pub mod listener;
+pub mod supervise;
 
 use std::path::{Path, PathBuf};
 
