@@ -515,3 +515,50 @@ fn empty_optional_arguments_mean_absent_and_bounds_are_enforced() {
     let r = h.run(&["inbox", "--as", "b", "--no-ack", "--lease", "2d"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+#[test]
+fn a_request_with_wait_returns_the_correlated_reply() {
+    let h = Home::new();
+    h.register("a");
+    h.register("b");
+    let mut asker = h.cmd(&[
+        "send", "b", "--as", "a", "--intent", "request", "--wait", "60s", "--json", "ping?",
+    ]);
+    asker.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = asker.spawn().unwrap();
+    // b waits for the request (the event), then answers it; an unrelated message to a
+    // must not count as the reply.
+    let req = h.json(&["wait", "--as", "b", "--timeout", "60s"]);
+    let id = req["messages"][0]["id"].as_str().unwrap().to_string();
+    h.json(&["send", "a", "--as", "b", "not the reply"]);
+    h.json(&["send", "a", "--as", "b", "--reply-to", &id, "pong"]);
+    let out = wait_with_deadline(child, Duration::from_secs(60), "send --wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["reply"]["body"], "pong");
+    assert_eq!(doc["reply"]["reply_to"], id.as_str());
+    assert_eq!(doc["timed_out"], false);
+
+    let r = h.run(&[
+        "send", "b", "--as", "a", "--intent", "request", "--wait", "200ms", "--json", "anyone?",
+    ]);
+    assert_eq!(
+        (r.code, r.doc()["timed_out"].clone()),
+        (4, serde_json::json!(true))
+    );
+    let r = h.run(&[
+        "send",
+        "b",
+        "--as",
+        "a",
+        "--wait",
+        "1s",
+        "notify cannot wait",
+    ]);
+    assert_eq!(r.code, 2);
+}

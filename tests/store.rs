@@ -99,6 +99,7 @@ fn filters_select_by_sender_and_thread() {
             from: Some(a.clone()),
             thread: Some("t".into()),
             ids: None,
+            reply_to: None,
         },
     };
     let got = s.fetch(&b, &req).unwrap();

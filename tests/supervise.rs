@@ -81,3 +81,27 @@ fn a_child_whose_parent_is_killed_exits_zero() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_child_that_stops_answering_is_declared_dead_after_three_missed_pings() {
+    use relay::transport::supervise::Health;
+    let me = Local::new("parent");
+    let mut s = Supervised::spawn(exe(), &["supervised-child"], &me).unwrap();
+    s.echo().unwrap();
+    // SIGSTOP: the socket stays open, only heartbeats can tell.
+    let pid = rustix::process::Pid::from_raw(s.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let t = Instant::now();
+    let health = s.monitor(Duration::from_millis(50)).unwrap();
+    assert_eq!(health, Health::Hung { missed: 3 });
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "not before 3 intervals"
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    s.kill();
+    // A killed child is noticed by the monitor at once, not after pings.
+    let mut s = Supervised::spawn(exe(), &["supervised-child"], &me).unwrap();
+    s.kill();
+    assert_eq!(s.monitor(Duration::from_secs(30)).unwrap(), Health::Exited);
+}

@@ -118,6 +118,7 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             from: Some(peer.id.clone()),
             thread: None,
             ids: None,
+            reply_to: None,
         },
     };
     match a.role {

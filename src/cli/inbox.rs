@@ -72,6 +72,7 @@ impl ReadArgs {
                 from,
                 thread: names::optional(self.thread.clone()),
                 ids: None,
+                reply_to: None,
             },
         })
     }

@@ -42,6 +42,10 @@ pub struct Args {
     /// Id (or unique prefix) of the message this answers; its thread is kept.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
+    /// With --intent request: wait this long (at most 300s) for the reply and print it;
+    /// exit 4 when none came. The reply is the first message with reply_to = this one.
+    #[arg(long, value_parser = super::parse_duration, conflicts_with = "lines")]
+    pub wait: Option<Duration>,
     /// Also resume the (dormant) target agent session so it reads the mail now: Claude Code
     /// and Codex sessions only. The wake runs in the background; see `relay wake`.
     #[arg(long, conflicts_with = "lines")]
@@ -108,6 +112,17 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     } else {
         vec![a.text.join(" ")]
     };
+    if let Some(w) = a.wait {
+        if a.intent != Intent::Request {
+            return Err(UsageError(
+                "--wait needs --intent request: only requests get replies".into(),
+            )
+            .into());
+        }
+        if w > crate::store::MAX_WAIT {
+            return Err(UsageError("--wait is at most 300s".into()).into());
+        }
+    }
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
     // All or nothing: with --lines, one bad line stores none of them.
@@ -145,6 +160,8 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::emit(ctx.json, &doc, || {
             doc.sent.iter().map(human).collect::<Vec<_>>().join("\n")
         });
+    } else if let (Some(s), Some(timeout)) = (sent.first(), a.wait) {
+        return wait_for_reply(ctx, &store, &me.id, s, timeout);
     } else if let Some(s) = sent.first() {
         let wake = crate::agents::wake::follow_up(&ctx.config.home, s);
         let doc = Single {
@@ -169,4 +186,56 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         });
     }
     Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct Replied<'a> {
+    #[serde(flatten)]
+    sent: &'a Sent,
+    reply: Option<&'a crate::store::Message>,
+    timed_out: bool,
+}
+
+/// Waits for the reply to a request (through the mailbox, woken by the doorbell), prints
+/// the receipt with the reply, and acks the reply after printing. Exit 4 on timeout.
+fn wait_for_reply(
+    ctx: &Ctx,
+    store: &crate::store::SqliteStore,
+    me: &str,
+    sent: &Sent,
+    timeout: Duration,
+) -> anyhow::Result<u8> {
+    let req = crate::store::Fetch {
+        limit: 1,
+        mode: crate::store::FetchMode::Deliver {
+            lease: crate::store::DEFAULT_LEASE,
+        },
+        filter: crate::store::Filter {
+            reply_to: Some(sent.receipt.id.clone()),
+            ..Default::default()
+        },
+    };
+    let got = store.wait(me, &req, timeout)?;
+    let reply = got.first();
+    let doc = Replied {
+        sent,
+        reply,
+        timed_out: reply.is_none(),
+    };
+    output::emit_outcome(ctx.json, &doc, reply.is_some(), || match reply {
+        Some(m) => output::messages(std::slice::from_ref(m)),
+        None => format!(
+            "sent {} via {}; no reply within {}",
+            sent.receipt.id,
+            sent.route.route_name(),
+            humantime::format_duration(timeout)
+        ),
+    });
+    match reply {
+        Some(m) => {
+            store.ack(Some(me), std::slice::from_ref(&m.id))?;
+            Ok(super::EXIT_OK)
+        }
+        None => Ok(super::EXIT_TIMEOUT),
+    }
 }

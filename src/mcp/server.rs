@@ -422,6 +422,7 @@ impl RelayServer {
                     from,
                     thread: names::optional(p.thread),
                     ids: None,
+                    reply_to: None,
                 },
             };
             Ok(store.wait(me, &req, Duration::from_secs(secs))?)

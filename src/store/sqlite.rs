@@ -182,10 +182,17 @@ impl SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT min(lease_until) FROM messages WHERE recipient = ?1 AND state = 'delivered' \
              AND lease_until > ?4 AND (expires_at IS NULL OR expires_at > ?4) \
-             AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3)",
+             AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3) \
+             AND (?5 IS NULL OR reply_to = ?5)",
         )?;
         Ok(stmt.query_row(
-            params![recipient, filter.from, filter.thread, now_ms()],
+            params![
+                recipient,
+                filter.from,
+                filter.thread,
+                now_ms(),
+                filter.reply_to
+            ],
             |r| r.get(0),
         )?)
     }
@@ -540,7 +547,8 @@ impl Store for SqliteStore {
         let pending = "recipient = ?1 AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
              AND (expires_at IS NULL OR expires_at > ?2) AND (?3 IS NULL OR sender = ?3) \
              AND (?4 IS NULL OR thread = ?4) \
-             AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7)))";
+             AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7))) \
+             AND (?8 IS NULL OR reply_to = ?8)";
         let lease_until = match req.mode {
             FetchMode::Deliver { lease } => {
                 now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -559,7 +567,8 @@ impl Store for SqliteStore {
             req.filter.thread,
             req.limit.max(1) as i64,
             lease_until,
-            ids
+            ids,
+            req.filter.reply_to
         ];
         let set = match req.mode {
             FetchMode::Peek => {

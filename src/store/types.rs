@@ -341,6 +341,8 @@ pub struct Filter {
     pub thread: Option<String>,
     /// Only these message ids (exact).
     pub ids: Option<Vec<String>>,
+    /// Only replies to this message id.
+    pub reply_to: Option<String>,
 }
 
 /// A process, told apart from a later process with the same pid by its start time.

@@ -108,10 +108,69 @@ impl Supervised {
         Ok(noticed)
     }
 
+    /// Watches the child with heartbeats: a `Ping` after every `interval` of silence; the
+    /// child is declared dead after 3 pings go unanswered ([`Health::Hung`]). End of stream
+    /// is noticed at once ([`Health::Exited`]). Blocks until one of them happens.
+    ///
+    /// # Errors
+    /// Socket errors other than the close or the timeouts.
+    pub fn monitor(&mut self, interval: Duration) -> Result<Health, Error> {
+        self.conn.set_read_timeout(Some(interval))?;
+        let mut missed = 0u32;
+        let mut outstanding = false;
+        loop {
+            match self.conn.read_frame() {
+                Ok(Some(f)) => {
+                    if matches!(f.msg, Msg::Pong(_)) {
+                        missed = 0;
+                        outstanding = false;
+                    }
+                }
+                Ok(None) | Err(Error::Wire(_)) => return Ok(Health::Exited),
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if outstanding {
+                        missed += 1;
+                        if missed >= MISSED_PINGS {
+                            return Ok(Health::Hung { missed });
+                        }
+                    }
+                    self.nonce += 1;
+                    self.conn
+                        .write_frame(Msg::Ping(Ping { nonce: self.nonce }))?;
+                    outstanding = true;
+                }
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok(Health::Exited);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Sends SIGKILL to the child.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// Unanswered pings after which a peer is declared dead (DESIGN.md §6).
+pub const MISSED_PINGS: u32 = 3;
+
+/// Why [`Supervised::monitor`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The child's end closed: it exited or was killed.
+    Exited,
+    /// The child stopped answering pings (stopped, hung, or its host is wedged).
+    Hung {
+        /// Pings that went unanswered.
+        missed: u32,
+    },
 }
 
 /// Detection and recovery of one child crash.
