@@ -23,6 +23,9 @@ pub enum What {
     Mailbox(MailboxArgs),
     /// Round trip over relay's framed protocol next to a raw Unix socket, same placement.
     Rtt(RttArgs),
+    /// One-way messages per second over the framed protocol and a raw socket, 64 B and
+    /// 4 KiB bodies, with and without batching.
+    Throughput(ThroughputArgs),
     /// Cost of one agent hook process (cold start included), with /bin/true and
     /// `relay --version` as baselines.
     Hook(HookArgs),
@@ -39,6 +42,17 @@ pub struct RttArgs {
     pub size: u32,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "bench/results/rtt.md")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `relay bench throughput`.
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
+    /// Messages per row.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1000..=100_000_000))]
+    pub n: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/throughput.md")]
     pub out: PathBuf,
 }
 
@@ -73,6 +87,10 @@ pub enum Role {
     Echo,
     /// Echoes frames over relay's protocol.
     FrameEcho,
+    /// Reads frames and answers once (throughput).
+    FrameSink,
+    /// Reads raw records and answers once (throughput baseline).
+    RawSink,
 }
 
 /// Arguments of the hidden `relay bench-child`.
@@ -113,6 +131,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         What::Mailbox(m) => m,
         What::Hook(h) => return run_hook(ctx, h),
         What::Rtt(r) => return run_rtt(ctx, r),
+        What::Throughput(t) => return run_throughput(ctx, t),
     };
     let bar = if ctx.json {
         ProgressBar::hidden()
@@ -129,6 +148,26 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     bench::write_report(&m.out, &md)?;
     output::emit(ctx.json, &report, || {
         format!("{md}\nwritten to {}", m.out.display())
+    });
+    Ok(EXIT_OK)
+}
+
+fn run_throughput(ctx: &Ctx, a: ThroughputArgs) -> anyhow::Result<u8> {
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(8).with_style(
+            ProgressStyle::with_template("throughput rows {bar:30} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let report = crate::bench::throughput::run(a.n as usize, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let md = crate::bench::throughput::markdown(&report, &when);
+    bench::write_report(&a.out, &md)?;
+    output::emit(ctx.json, &report, || {
+        format!("{md}\nwritten to {}", a.out.display())
     });
     Ok(EXIT_OK)
 }
@@ -186,6 +225,18 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
                 .socket
                 .ok_or_else(|| super::UsageError("echo needs --socket".into()))?;
             crate::bench::rtt::child_raw_echo(&socket, a.count, a.size, a.cpu)?;
+        }
+        Role::FrameSink => {
+            let socket = a
+                .socket
+                .ok_or_else(|| super::UsageError("frame-sink needs --socket".into()))?;
+            crate::bench::throughput::child_frame_sink(&socket, a.count)?;
+        }
+        Role::RawSink => {
+            let socket = a
+                .socket
+                .ok_or_else(|| super::UsageError("raw-sink needs --socket".into()))?;
+            crate::bench::throughput::child_raw_sink(&socket, a.count, a.size)?;
         }
         Role::FrameEcho => {
             let socket = a

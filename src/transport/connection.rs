@@ -27,6 +27,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Connection {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Where unread bytes start in `buf`: frames are consumed by moving this, and the
+    /// buffer is compacted once per read rather than shifted once per frame.
+    pos: usize,
     /// Read into once, then copied: re-zeroing a 64 KiB tail on every read cost more than
     /// the round trip it serves.
     scratch: Box<[u8]>,
@@ -43,6 +46,7 @@ impl Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
+            pos: 0,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             fds: VecDeque::new(),
             max_frame: HARD_MAX_FRAME,
@@ -84,10 +88,13 @@ impl Connection {
     /// [`Error::Io`] for socket errors and read timeouts.
     pub fn read_frame(&mut self) -> Result<Option<Frame>, Error> {
         loop {
-            if let Some((frame, used)) = wire::decode(&self.buf, self.max_frame)? {
-                self.buf.drain(..used);
+            if let Some((frame, used)) = wire::decode(&self.buf[self.pos..], self.max_frame)? {
+                self.pos += used;
                 return Ok(Some(frame));
             }
+            // Compact before reading more: drop what was consumed.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
             if self.fill()? == 0 {
                 wire::at_eof(&self.buf, self.max_frame)?;
                 return Ok(None);
@@ -142,6 +149,26 @@ impl Connection {
         self.encode(msg)?;
         self.stream.write_all(&self.out)?;
         Ok(())
+    }
+
+    /// Writes several frames with one system call (batching).
+    ///
+    /// # Errors
+    /// As [`Connection::write_frame`]; nothing is written when any frame is too large.
+    pub fn write_frames(&mut self, msgs: impl IntoIterator<Item = Msg>) -> Result<(), Error> {
+        let mut batch = std::mem::take(&mut self.out);
+        batch.clear();
+        for msg in msgs {
+            let frame = Frame { seq: self.seq, msg };
+            if let Err(e) = wire::encode(&frame, self.max_frame, &mut batch) {
+                self.out = batch;
+                return Err(e.into());
+            }
+            self.seq = self.seq.wrapping_add(1);
+        }
+        let r = self.stream.write_all(&batch);
+        self.out = batch;
+        Ok(r?)
     }
 
     /// Writes one frame with file descriptors attached (SCM_RIGHTS, on its first byte).

@@ -77,6 +77,7 @@ pub struct Deliver {
     /// MIME type of the body.
     pub content_type: String,
     /// The body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// ms since the epoch.
     pub created_at: i64,
@@ -103,6 +104,7 @@ pub struct Reply {
     /// MIME type of the body.
     pub content_type: String,
     /// The body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -142,7 +144,9 @@ pub struct StreamData {
     pub stream_id: u32,
     /// Offset of the first byte in the stream.
     pub offset: u64,
-    /// The bytes.
+    /// The bytes (postcard writes `serde_bytes` exactly as a `u8` sequence: a varint length,
+    /// then the bytes — only faster).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
