@@ -129,23 +129,14 @@ pub fn markdown(r: &Report, when: &str) -> String {
             l.max_us / 1000.0
         )
     };
-    let m = &r.machine;
-    let mut s = format!(
-        "# relay bench hook\n\nMeasured {when} with `relay bench hook --n {}` ({} build).\n\n\
-         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
-         Wall time of one hook process, spawn to exit, stdin payload included (ms):\n\n\
-         | what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n",
-        r.n,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        m.cores,
-        m.cpu,
-        m.memory_gib,
-        m.kernel
+    let mut s = super::report_header(
+        "relay bench hook",
+        &format!("relay bench hook --n {}", r.n),
+        &r.machine,
+        when,
     );
+    s += "Wall time of one hook process, spawn to exit, stdin payload included (ms):\n\n\
+          | what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n";
     s += &row("baseline: /bin/true", &r.baseline_true);
     s += &row("baseline: relay --version", &r.baseline_relay_version);
     s += &row("hook user-prompt-submit, empty inbox", &r.hook_empty);

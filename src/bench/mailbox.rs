@@ -361,22 +361,13 @@ pub fn markdown(r: &Report, when: &str) -> String {
             l.samples, l.p50_us, l.p99_us, l.max_us
         )
     };
-    let m = &r.machine;
-    let mut s = format!(
-        "# relay bench mailbox\n\nMeasured {when} with `relay bench mailbox --n {}` ({} build).\n\n\
-         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
-         ## Latency (µs)\n\n| what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n",
-        r.n,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        m.cores,
-        m.cpu,
-        m.memory_gib,
-        m.kernel
+    let mut s = super::report_header(
+        "relay bench mailbox",
+        &format!("relay bench mailbox --n {}", r.n),
+        &r.machine,
+        when,
     );
+    s += "## Latency (µs)\n\n| what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n";
     s += &row("relay send, synchronous=NORMAL", &r.send_normal);
     s += &row(
         "baseline: raw SQLite insert, NORMAL",

@@ -124,3 +124,36 @@ pub fn pin_to_cpu(cpu: usize) -> bool {
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).is_ok()
 }
+
+/// Starts `relay bench-child <args…>` with stdin and stdout closed (stderr inherited).
+///
+/// # Errors
+/// When the binary cannot be found or started.
+pub fn quiet_child(args: &[String]) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context;
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("bench-child")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("cannot start the benchmark child")
+}
+
+/// The top of every report: title, when and how it was measured, and the machine.
+pub fn report_header(title: &str, command: &str, m: &Machine, when: &str) -> String {
+    format!(
+        "# {title}\n\nMeasured {when} with `{command}` ({} build).\n\n\
+         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        m.cores,
+        m.cpu,
+        m.memory_gib,
+        m.kernel
+    )
+}

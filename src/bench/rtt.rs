@@ -9,10 +9,9 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Serialize;
 
 use super::{Latency, Machine, Recorder, pin_to_cpu};
@@ -48,17 +47,6 @@ pub struct Report {
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn child(args: &[String]) -> anyhow::Result<std::process::Child> {
-    Command::new(std::env::current_exe()?)
-        .arg("bench-child")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the benchmark child")
-}
-
 fn relay_rtt(
     dir: &Path,
     n: usize,
@@ -68,7 +56,7 @@ fn relay_rtt(
 ) -> anyhow::Result<Latency> {
     let path = dir.join("rtt.sock");
     let listener = Listener::bind(&path)?;
-    let mut c = child(&[
+    let mut c = super::quiet_child(&[
         "frame-echo".into(),
         "--socket".into(),
         path.to_string_lossy().into_owned(),
@@ -113,7 +101,7 @@ fn raw_rtt(
     let path = dir.join("raw.sock");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    let mut c = child(&[
+    let mut c = super::quiet_child(&[
         "echo".into(),
         "--socket".into(),
         path.to_string_lossy().into_owned(),
@@ -220,25 +208,15 @@ pub fn run(n: usize, size: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
 
 /// The report as Markdown, for bench/results/rtt.md.
 pub fn markdown(r: &Report, when: &str) -> String {
-    let m = &r.machine;
-    let mut s = format!(
-        "# relay bench rtt\n\nMeasured {when} with `relay bench rtt --n {} --size {}` ({} build).\n\n\
-         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
-         Round trip between two processes, µs (relay: framed StreamData echo after the handshake; \
-         raw: the same bytes over a plain Unix socket).\n\n\
-         | placement | path | p50 | p99 | p99.9 | max | relay/raw p50 |\n|---|---|---|---|---|---|---|\n",
-        r.n,
-        r.size,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        m.cores,
-        m.cpu,
-        m.memory_gib,
-        m.kernel
+    let mut s = super::report_header(
+        "relay bench rtt",
+        &format!("relay bench rtt --n {} --size {}", r.n, r.size),
+        &r.machine,
+        when,
     );
+    s += "Round trip between two processes, µs (relay: framed StreamData echo after the handshake; \
+          raw: the same bytes over a plain Unix socket).\n\n\
+          | placement | path | p50 | p99 | p99.9 | max | relay/raw p50 |\n|---|---|---|---|---|---|---|\n";
     for p in &r.placements {
         for (path, l) in [("relay", &p.relay), ("raw", &p.raw)] {
             s += &format!(

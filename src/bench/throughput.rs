@@ -7,10 +7,9 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Serialize;
 
 use super::Machine;
@@ -49,17 +48,6 @@ pub struct Report {
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn spawn(args: &[String]) -> anyhow::Result<std::process::Child> {
-    Command::new(std::env::current_exe()?)
-        .arg("bench-child")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the benchmark child")
-}
-
 fn row(path: &str, size: usize, batch: usize, n: usize, took: Duration) -> Row {
     let secs = took.as_secs_f64().max(1e-9);
     Row {
@@ -74,7 +62,7 @@ fn row(path: &str, size: usize, batch: usize, n: usize, took: Duration) -> Row {
 fn relay_row(dir: &Path, n: usize, size: usize, batch: usize) -> anyhow::Result<Row> {
     let path = dir.join("tp.sock");
     let listener = Listener::bind(&path)?;
-    let mut child = spawn(&[
+    let mut child = super::quiet_child(&[
         "frame-sink".into(),
         "--socket".into(),
         path.to_string_lossy().into_owned(),
@@ -116,7 +104,7 @@ fn raw_row(dir: &Path, n: usize, size: usize, batch: usize) -> anyhow::Result<Ro
     let path = dir.join("tp-raw.sock");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    let mut child = spawn(&[
+    let mut child = super::quiet_child(&[
         "raw-sink".into(),
         "--socket".into(),
         path.to_string_lossy().into_owned(),
@@ -207,24 +195,15 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
 
 /// The report as Markdown, for bench/results/throughput.md.
 pub fn markdown(r: &Report, when: &str) -> String {
-    let m = &r.machine;
-    let mut s = format!(
-        "# relay bench throughput\n\nMeasured {when} with `relay bench throughput --n {}` ({} build).\n\n\
-         Machine: {} cores, {}, {} GiB RAM, Linux {}.\n\n\
-         One-way, one process to another; the receiver decodes every frame (relay) or reads \
-         every byte (raw) and answers once at the end.\n\n\
-         | path | body | per write | messages/s | MB/s |\n|---|---|---|---|---|\n",
-        r.n,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        m.cores,
-        m.cpu,
-        m.memory_gib,
-        m.kernel
+    let mut s = super::report_header(
+        "relay bench throughput",
+        &format!("relay bench throughput --n {}", r.n),
+        &r.machine,
+        when,
     );
+    s += "One-way, one process to another; the receiver decodes every frame (relay) or reads \
+          every byte (raw) and answers once at the end.\n\n\
+          | path | body | per write | messages/s | MB/s |\n|---|---|---|---|---|\n";
     for row in &r.rows {
         s += &format!(
             "| {} | {} B | {} | {:.0} | {:.1} |\n",
