@@ -152,65 +152,70 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn run_throughput(ctx: &Ctx, a: ThroughputArgs) -> anyhow::Result<u8> {
-    let bar = if ctx.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(8).with_style(
-            ProgressStyle::with_template("throughput rows {bar:30} {pos}/{len}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
-    let report = crate::bench::throughput::run(a.n as usize, &|| bar.inc(1))?;
-    bar.finish_and_clear();
-    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let md = crate::bench::throughput::markdown(&report, &when);
-    bench::write_report(&a.out, &md)?;
-    output::emit(ctx.json, &report, || {
-        format!("{md}\nwritten to {}", a.out.display())
-    });
-    Ok(EXIT_OK)
-}
-
-fn run_rtt(ctx: &Ctx, a: RttArgs) -> anyhow::Result<u8> {
-    let steps = u64::from(a.n).div_ceil(1000) * 4;
+/// Runs one benchmark behind a progress bar of `steps` ticks, writes its Markdown report
+/// to `out`, and prints it (or the JSON report).
+fn measure<R: serde::Serialize>(
+    ctx: &Ctx,
+    out: &std::path::Path,
+    steps: u64,
+    label: &str,
+    run: impl FnOnce(&dyn Fn()) -> anyhow::Result<R>,
+    markdown: impl FnOnce(&R, &str) -> String,
+) -> anyhow::Result<u8> {
     let bar = if ctx.json {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(steps).with_style(
-            ProgressStyle::with_template("round trips {bar:30} {percent}%")
+            ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}}"))
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         )
     };
-    let report = crate::bench::rtt::run(a.n as usize, a.size as usize, &|| bar.inc(1))?;
+    let report = run(&|| bar.inc(1))?;
     bar.finish_and_clear();
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let md = crate::bench::rtt::markdown(&report, &when);
-    bench::write_report(&a.out, &md)?;
+    let md = markdown(&report, &when);
+    bench::write_report(out, &md)?;
     output::emit(ctx.json, &report, || {
-        format!("{md}\nwritten to {}", a.out.display())
+        format!("{md}\nwritten to {}", out.display())
     });
     Ok(EXIT_OK)
 }
 
+fn run_throughput(ctx: &Ctx, a: ThroughputArgs) -> anyhow::Result<u8> {
+    use crate::bench::throughput;
+    measure(
+        ctx,
+        &a.out,
+        8,
+        "throughput rows",
+        |tick| throughput::run(a.n as usize, tick),
+        throughput::markdown,
+    )
+}
+
+fn run_rtt(ctx: &Ctx, a: RttArgs) -> anyhow::Result<u8> {
+    use crate::bench::rtt;
+    let steps = u64::from(a.n).div_ceil(1000) * 4;
+    measure(
+        ctx,
+        &a.out,
+        steps,
+        "round trips (x1000)",
+        |tick| rtt::run(a.n as usize, a.size as usize, tick),
+        rtt::markdown,
+    )
+}
+
 fn run_hook(ctx: &Ctx, a: HookArgs) -> anyhow::Result<u8> {
-    let bar = if ctx.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(u64::from(a.n)).with_style(
-            ProgressStyle::with_template("hook samples {bar:30} {pos}/{len}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
-    let report = crate::bench::hook::run(a.n as usize, &|| bar.inc(1))?;
-    bar.finish_and_clear();
-    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let md = crate::bench::hook::markdown(&report, &when);
-    bench::write_report(&a.out, &md)?;
-    output::emit(ctx.json, &report, || {
-        format!("{md}\nwritten to {}", a.out.display())
-    });
-    Ok(EXIT_OK)
+    use crate::bench::hook;
+    measure(
+        ctx,
+        &a.out,
+        u64::from(a.n),
+        "hook samples",
+        |tick| hook::run(a.n as usize, tick),
+        hook::markdown,
+    )
 }
 
 pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
