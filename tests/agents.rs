@@ -1029,12 +1029,12 @@ fn a_running_session_is_not_woken() {
     agent.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = agent.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while common::run(h.cmd(&["status", "--json", "x"]), None, common::DEADLINE).code != 3
-        || !h.json(&["roster"])["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["id"] == S1)
+    // Wait for the event: the SessionStart hook registered the session.
+    while !h.json(&["roster"])["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["id"] == S1)
     {
         assert!(Instant::now() < deadline, "session never registered");
         std::thread::sleep(Duration::from_millis(10));
