@@ -166,6 +166,15 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         )
         .await;
         assert!(e["message"].as_str().unwrap().contains("notify"));
+        // Wrong types and missing fields are tool errors too, with the reason.
+        let e = err(&a, "send", json!({"to": 5, "body": "x"})).await;
+        assert_eq!(e["error"], "usage");
+        assert!(
+            e["message"].as_str().unwrap().contains("invalid arguments"),
+            "{e}"
+        );
+        let e = err(&a, "ack", json!({})).await;
+        assert!(e["message"].as_str().unwrap().contains("ids"), "{e}");
         let timed = ok(&a, "wait", json!({"timeout_s": 1})).await;
         assert_eq!(timed["timed_out"], true);
         assert_eq!(common::message_rows(&h), 2);
