@@ -10,8 +10,7 @@
 //!   (round trip / 2) of an 8-byte ping-pong over a raw Unix socket between two processes.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -85,18 +84,7 @@ fn send_latency(
     endpoint(&store, "bench-to")?;
     let mut rec = Recorder::default();
     for i in 0..n {
-        let req = SendRequest {
-            from: from.clone(),
-            to: "bench-to".into(),
-            body: body(i as u64),
-            content_type: TEXT_PLAIN.into(),
-            intent: Intent::Notify,
-            thread: None,
-            reply_to: None,
-            ttl: None,
-            wake: false,
-            runtime_dir: None,
-        };
+        let req = SendRequest::text(from.clone(), "bench-to", body(i as u64));
         let t = Instant::now();
         route::send(&store, req)?;
         rec.record(t.elapsed());
@@ -223,18 +211,7 @@ fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
     for _ in 0..k {
         route::send(
             &store,
-            SendRequest {
-                from: from.clone(),
-                to: "wake-to".into(),
-                body: body(now_us()),
-                content_type: TEXT_PLAIN.into(),
-                intent: Intent::Notify,
-                thread: None,
-                reply_to: None,
-                ttl: None,
-                wake: false,
-                runtime_dir: None,
-            },
+            SendRequest::text(from.clone(), "wake-to", body(now_us())),
         )?;
         let line = lines
             .recv_timeout(CHILD_DEADLINE)
@@ -247,20 +224,8 @@ fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
 }
 
 fn socket_baseline(dir: &Path, k: usize) -> anyhow::Result<Latency> {
-    let path: PathBuf = dir.join("echo.sock");
-    let listener = UnixListener::bind(&path)?;
-    let (mut child, _lines) = spawn_child(
-        dir,
-        &[
-            "echo",
-            "--socket",
-            &path.to_string_lossy(),
-            "--count",
-            &k.to_string(),
-        ],
-    )?;
-    let (mut s, _) = listener.accept()?;
-    s.set_read_timeout(Some(CHILD_DEADLINE))?;
+    let (mut child, mut s) =
+        super::raw_child(dir, "echo.sock", "echo", &["--count".into(), k.to_string()])?;
     let mut rec = Recorder::default();
     let mut buf = [0u8; 8];
     for i in 0..k as u64 {

@@ -157,3 +157,55 @@ pub fn report_header(title: &str, command: &str, m: &Machine, when: &str) -> Str
         m.kernel
     )
 }
+
+/// How long a benchmark waits on a child before failing: 60 s.
+pub const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn child_args(role: &str, socket: &Path, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        role.to_string(),
+        "--socket".into(),
+        socket.to_string_lossy().into_owned(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Binds `dir/<name>`, starts `relay bench-child <role> --socket <path> <extra…>`, accepts
+/// its connection and answers its handshake.
+///
+/// # Errors
+/// Bind, spawn, accept or handshake failures.
+pub fn framed_child(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    extra: &[String],
+) -> anyhow::Result<(std::process::Child, crate::transport::Connection)> {
+    let path = dir.join(name);
+    let listener = crate::transport::Listener::bind(&path)?;
+    let child = quiet_child(&child_args(role, &path, extra))?;
+    let mut conn = listener.accept()?;
+    conn.set_read_timeout(Some(CHILD_DEADLINE))?;
+    crate::transport::handshake::accept(&mut conn, &crate::transport::Local::new("bench-parent"))?;
+    Ok((child, conn))
+}
+
+/// The same over a plain Unix socket: the baseline's connection.
+///
+/// # Errors
+/// Bind, spawn or accept failures.
+pub fn raw_child(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    extra: &[String],
+) -> anyhow::Result<(std::process::Child, std::os::unix::net::UnixStream)> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let child = quiet_child(&child_args(role, &path, extra))?;
+    let (stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(CHILD_DEADLINE))?;
+    Ok((child, stream))
+}

@@ -7,7 +7,7 @@
 //! different CPUs (when there are two).
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{Latency, Machine, Recorder, pin_to_cpu};
-use crate::transport::{Connection, Listener, Local, handshake};
+use crate::transport::{Connection, Local, handshake};
 use crate::wire::Msg;
 use crate::wire::catalogue::StreamData;
 
@@ -54,20 +54,17 @@ fn relay_rtt(
     cpus: (usize, usize),
     tick: &dyn Fn(),
 ) -> anyhow::Result<Latency> {
-    let path = dir.join("rtt.sock");
-    let listener = Listener::bind(&path)?;
-    let mut c = super::quiet_child(&[
-        "frame-echo".into(),
-        "--socket".into(),
-        path.to_string_lossy().into_owned(),
-        "--count".into(),
-        n.to_string(),
-        "--cpu".into(),
-        cpus.1.to_string(),
-    ])?;
-    let mut conn = listener.accept()?;
-    conn.set_read_timeout(Some(DEADLINE))?;
-    handshake::accept(&mut conn, &Local::new("bench-parent"))?;
+    let (mut c, mut conn) = super::framed_child(
+        dir,
+        "rtt.sock",
+        "frame-echo",
+        &[
+            "--count".into(),
+            n.to_string(),
+            "--cpu".into(),
+            cpus.1.to_string(),
+        ],
+    )?;
     pin_to_cpu(cpus.0);
     let data = vec![0xA5u8; size];
     let mut rec = Recorder::default();
@@ -98,22 +95,19 @@ fn raw_rtt(
     cpus: (usize, usize),
     tick: &dyn Fn(),
 ) -> anyhow::Result<Latency> {
-    let path = dir.join("raw.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let mut c = super::quiet_child(&[
-        "echo".into(),
-        "--socket".into(),
-        path.to_string_lossy().into_owned(),
-        "--count".into(),
-        n.to_string(),
-        "--size".into(),
-        size.to_string(),
-        "--cpu".into(),
-        cpus.1.to_string(),
-    ])?;
-    let (mut s, _) = listener.accept()?;
-    s.set_read_timeout(Some(DEADLINE))?;
+    let (mut c, mut s) = super::raw_child(
+        dir,
+        "raw.sock",
+        "echo",
+        &[
+            "--count".into(),
+            n.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--cpu".into(),
+            cpus.1.to_string(),
+        ],
+    )?;
     pin_to_cpu(cpus.0);
     let out = vec![0xA5u8; size];
     let mut back = vec![0u8; size];

@@ -5,7 +5,7 @@
 //! clock covers every byte arriving.
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::Machine;
-use crate::transport::{Connection, Listener, Local, handshake};
+use crate::transport::{Connection, Local, handshake};
 use crate::wire::Msg;
 use crate::wire::catalogue::{Pong, StreamData};
 
@@ -60,18 +60,12 @@ fn row(path: &str, size: usize, batch: usize, n: usize, took: Duration) -> Row {
 }
 
 fn relay_row(dir: &Path, n: usize, size: usize, batch: usize) -> anyhow::Result<Row> {
-    let path = dir.join("tp.sock");
-    let listener = Listener::bind(&path)?;
-    let mut child = super::quiet_child(&[
-        "frame-sink".into(),
-        "--socket".into(),
-        path.to_string_lossy().into_owned(),
-        "--count".into(),
-        n.to_string(),
-    ])?;
-    let mut conn = listener.accept()?;
-    conn.set_read_timeout(Some(DEADLINE))?;
-    handshake::accept(&mut conn, &Local::new("tp-parent"))?;
+    let (mut child, mut conn) = super::framed_child(
+        dir,
+        "tp.sock",
+        "frame-sink",
+        &["--count".into(), n.to_string()],
+    )?;
     let data = vec![0x5Au8; size];
     let msg = |i: usize| {
         Msg::StreamData(StreamData {
@@ -101,20 +95,17 @@ fn relay_row(dir: &Path, n: usize, size: usize, batch: usize) -> anyhow::Result<
 }
 
 fn raw_row(dir: &Path, n: usize, size: usize, batch: usize) -> anyhow::Result<Row> {
-    let path = dir.join("tp-raw.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let mut child = super::quiet_child(&[
-        "raw-sink".into(),
-        "--socket".into(),
-        path.to_string_lossy().into_owned(),
-        "--count".into(),
-        n.to_string(),
-        "--size".into(),
-        size.to_string(),
-    ])?;
-    let (mut s, _) = listener.accept()?;
-    s.set_read_timeout(Some(DEADLINE))?;
+    let (mut child, mut s) = super::raw_child(
+        dir,
+        "tp-raw.sock",
+        "raw-sink",
+        &[
+            "--count".into(),
+            n.to_string(),
+            "--size".into(),
+            size.to_string(),
+        ],
+    )?;
     let chunk = vec![0x5Au8; size * batch];
     let t = Instant::now();
     let mut i = 0;

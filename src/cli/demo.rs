@@ -32,9 +32,7 @@ use super::{Ctx, EXIT_FAILURE, EXIT_OK, output};
 use crate::clock::now_us;
 use crate::config::Config;
 use crate::route::{self, SendRequest};
-use crate::store::{
-    Fetch, FetchMode, Filter, Intent, Registration, SqliteStore, State, Store, TEXT_PLAIN,
-};
+use crate::store::{Fetch, FetchMode, Filter, Intent, Registration, SqliteStore, State, Store};
 
 /// Arguments of `relay demo`.
 #[derive(Debug, clap::Args)]
@@ -98,16 +96,9 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
         route::send(
             &store,
             SendRequest {
-                from: me.clone(),
-                to: peer.id.clone(),
-                body: body.into_bytes(),
-                content_type: TEXT_PLAIN.into(),
                 intent,
-                thread: None,
                 reply_to,
-                ttl: None,
-                wake: false,
-                runtime_dir: None,
+                ..SendRequest::text(me.clone(), peer.id.clone(), body)
             },
         )
     };

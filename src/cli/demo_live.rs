@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::route::{self, Decision, SendRequest};
-use crate::store::{Endpoint, Intent, Registration, Store, TEXT_PLAIN};
+use crate::store::{Endpoint, Registration, Store};
 use crate::transport::{self, Local, supervise};
 
 /// What part 4 showed.
@@ -83,16 +83,8 @@ pub(crate) fn run(
             let sent = route::send(
                 store,
                 SendRequest {
-                    from: sender.clone(),
-                    to: to.into(),
-                    body: format!("job {i}").into_bytes(),
-                    content_type: TEXT_PLAIN.into(),
-                    intent: Intent::Notify,
-                    thread: None,
-                    reply_to: None,
-                    ttl: None,
-                    wake: false,
                     runtime_dir: Some(runtime.clone()),
+                    ..SendRequest::text(sender.clone(), to, format!("job {i}"))
                 },
             )?;
             match sent.route {

@@ -306,11 +306,8 @@ impl RelayServer {
         &self,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
-        let p: RegisterParams = match parse(args) {
-            Ok(p) => p,
-            Err(e) => return Ok(to_result(Err(e))),
-        };
         self.blocking(move |s| {
+            let p: RegisterParams = parse(args)?;
             names::check_name(&p.name)?;
             let kind = match p.kind.as_deref() {
                 Some(k) => Some(k.parse().map_err(UsageError)?),
@@ -356,11 +353,8 @@ impl RelayServer {
         &self,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
-        let p: SendParams = match parse(args) {
-            Ok(p) => p,
-            Err(e) => return Ok(to_result(Err(e))),
-        };
         self.blocking(move |s| {
+            let p: SendParams = parse(args)?;
             let intent: Intent = match p.intent.as_deref() {
                 None | Some("") => Intent::Notify,
                 Some(i) => i.parse().map_err(UsageError)?,
@@ -424,11 +418,8 @@ impl RelayServer {
         &self,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
-        let p: AckParams = match parse(args) {
-            Ok(p) => p,
-            Err(e) => return Ok(to_result(Err(e))),
-        };
         self.blocking(move |s| {
+            let p: AckParams = parse(args)?;
             if p.ids.is_empty() {
                 return Err(UsageError(
                     "ids is empty: give the ids of messages to acknowledge".into(),
@@ -485,12 +476,11 @@ impl RelayServer {
         &self,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
-        let p: StatusParams = match parse(args) {
-            Ok(p) => p,
-            Err(e) => return Ok(to_result(Err(e))),
-        };
-        self.blocking(move |s| Ok(serde_json::to_value(s.store()?.receipt(&p.id)?)?))
-            .await
+        self.blocking(move |s| {
+            let p: StatusParams = parse(args)?;
+            Ok(serde_json::to_value(s.store()?.receipt(&p.id)?)?)
+        })
+        .await
     }
 }
 

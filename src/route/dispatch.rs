@@ -51,6 +51,25 @@ pub struct SendRequest {
     pub runtime_dir: Option<std::path::PathBuf>,
 }
 
+impl SendRequest {
+    /// A plain-text notification from `from` to `to`: no thread, no reply, no TTL, no
+    /// wake, mailbox only. Set the other fields with struct update syntax.
+    pub fn text(from: Endpoint, to: impl Into<String>, body: impl Into<Vec<u8>>) -> SendRequest {
+        SendRequest {
+            from,
+            to: to.into(),
+            body: body.into(),
+            content_type: store::TEXT_PLAIN.into(),
+            intent: Intent::Notify,
+            thread: None,
+            reply_to: None,
+            ttl: None,
+            wake: false,
+            runtime_dir: None,
+        }
+    }
+}
+
 /// What a send did: the route it took and the receipt as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sent {
