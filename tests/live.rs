@@ -34,7 +34,13 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 fn listen(h: &Home, me: &str, id: &str) -> Listening {
-    let mut c = h.cmd(&["listen", "--as", me, "--json"]);
+    listen_with(h, me, id, &[])
+}
+
+fn listen_with(h: &Home, me: &str, id: &str, extra: &[&str]) -> Listening {
+    let mut args = vec!["listen", "--as", me, "--json"];
+    args.extend_from_slice(extra);
+    let mut c = h.cmd(&args);
     c.env_remove("RELAY_RUNTIME_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -137,6 +143,150 @@ fn a_live_only_endpoint_gets_live_mail_and_nothing_when_down() {
     let sent = send(&h, "live only");
     assert_eq!(sent["route"], "live");
     assert_eq!(next(&l)["body"], "live only");
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_request_to_a_live_answerer_is_answered_and_the_reply_acked() {
+    let h = Home::new();
+    h.register("a");
+    let b = h.register("b");
+    let mut l = listen_with(&h, "b", &b, &["--exec", "tr a-z A-Z"]);
+    let mut c = h.cmd(&[
+        "send",
+        "b",
+        "--as",
+        "a",
+        "--intent",
+        "request",
+        "--wait",
+        "20s",
+        "--json",
+        "--",
+        "shout this",
+    ]);
+    c.env_remove("RELAY_RUNTIME_DIR");
+    let r = common::run(c, None, common::DEADLINE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let d = r.doc();
+    assert_eq!(d["route"], "live", "{d}");
+    // Both paths carry it (the answerer stores the reply, then sends the frame); which
+    // one the asker sees first is a race. The frame path alone is tested below.
+    assert!(
+        d["reply_route"] == "live" || d["reply_route"] == "mailbox",
+        "{d}"
+    );
+    assert_eq!(d["reply"]["body"], "SHOUT THIS");
+    assert_eq!(d["reply"]["reply_to"], d["id"]);
+    // The reply was stored by the answerer and acked by the asker after printing.
+    let reply_id = d["reply"]["id"].as_str().unwrap();
+    assert_eq!(h.json(&["status", reply_id])["state"], "acked");
+    assert_eq!(next(&l)["body"], "shout this");
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_request_queued_before_the_answerer_starts_is_answered_through_the_mailbox() {
+    let h = Home::new();
+    h.register("a");
+    let b = h.register("b");
+    let mut c = h.cmd(&[
+        "send", "b", "--as", "a", "--intent", "request", "--wait", "60s", "--json", "--", "late",
+    ]);
+    c.env_remove("RELAY_RUNTIME_DIR").stdout(Stdio::piped());
+    let asker = c.spawn().unwrap();
+    // The asker has stored its request once b has one pending; then b comes up.
+    wait_for("the request to be queued", || common::pending(&h, "b") == 1);
+    let mut l = listen_with(&h, "b", &b, &["--exec", "rev"]);
+    let out = common::wait_with_deadline(asker, common::DEADLINE, "send --wait");
+    assert_eq!(out.status.code(), Some(0));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["route"], "mailbox");
+    assert_eq!(d["reply_route"], "mailbox", "{d}");
+    assert_eq!(d["reply"]["body"], "etal", "rev reverses the body: {d}");
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_failing_answer_command_replies_with_the_error_instead_of_silence() {
+    let h = Home::new();
+    h.register("a");
+    let b = h.register("b");
+    let mut l = listen_with(&h, "b", &b, &["--exec", "echo broken >&2; exit 7"]);
+    let mut c = h.cmd(&[
+        "send", "b", "--as", "a", "--intent", "request", "--wait", "20s", "--json", "--", "x",
+    ]);
+    c.env_remove("RELAY_RUNTIME_DIR");
+    let r = common::run(c, None, common::DEADLINE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let body = r.doc()["reply"]["body"].as_str().unwrap().to_string();
+    assert!(
+        body.starts_with("error:") && body.contains("exit status: 7") && body.contains("broken"),
+        "{body}"
+    );
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_request_to_an_endpoint_that_never_replies_is_bad_target_and_stores_nothing() {
+    let h = Home::new();
+    h.register("a");
+    let sink = h.json(&["register", "sink", "--no-replies"]);
+    assert_eq!(sink["endpoint"]["meta"]["replies"], false);
+    let r = h.run(&[
+        "send", "sink", "--as", "a", "--intent", "request", "--json", "q?",
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    let d = r.doc();
+    assert_eq!(d["error"]["kind"], "bad-target", "{d}");
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--intent notify"),
+        "{d}"
+    );
+    assert_eq!(common::message_rows(&h), 0, "a reject writes nothing");
+    // A notification is fine.
+    assert_eq!(h.run(&["send", "sink", "--as", "a", "fyi"]).code, 0);
+    assert_eq!(common::message_rows(&h), 1);
+}
+
+#[test]
+fn the_reply_frame_comes_back_on_the_delivering_connection() {
+    use relay::transport::{Local, client};
+    use relay::wire::catalogue::Deliver;
+    let h = Home::new();
+    let b = h.register("b");
+    let mut l = listen_with(&h, "b", &b, &["--exec", "tr a-z A-Z"]);
+    let sock = runtime(&h).join(format!("{b}.sock"));
+    let (state, stream) = client::probe(&sock);
+    assert_eq!(state, relay::route::LiveState::Live);
+    let id = "0190f5a2-0000-7000-8000-000000000001";
+    let d = Deliver {
+        message_id: id.into(),
+        from: "test-asker".into(),
+        from_name: None,
+        thread: None,
+        reply_to: None,
+        intent: 1,
+        content_type: "text/plain".into(),
+        body: b"frame path".to_vec(),
+        created_at: 0,
+    };
+    let me = Local::new("test-asker");
+    let (ack, mut conn) = client::deliver(stream.unwrap(), &me, d, common::DEADLINE).unwrap();
+    assert!(ack.accepted);
+    let reply = client::await_reply(&mut conn, id, common::DEADLINE)
+        .unwrap()
+        .expect("a Reply frame on the same connection");
+    assert_eq!(reply.body, b"FRAME PATH");
+    assert_eq!(reply.reply_to, id);
+    client::close(conn, "done");
     l.child.kill().unwrap();
     l.child.wait().unwrap();
 }

@@ -1,7 +1,9 @@
 //! `relay listen`: run a live endpoint. Mail already queued is shown first; then messages
 //! arrive over the endpoint's socket as senders hand them over, and mail that reaches the
 //! mailbox meanwhile (a sender without the live path) is picked up through the doorbell.
-//! Each message is printed once (deduplicated by id) and acked.
+//! Each message is printed once (deduplicated by id) and acked. With `--exec CMD` each
+//! request is answered with CMD's output: stored as a reply in the sender's mailbox, and
+//! sent as a `Reply` frame too when the request came over a connection still open.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,18 +13,100 @@ use serde_json::json;
 
 use super::{Ctx, output};
 use crate::agents::procfs;
+use crate::route::{self, SendRequest};
+use crate::store::Intent;
 use crate::store::{Fetch, FetchMode, Filter, Message, Registration, SqliteStore, Store};
 use crate::transport::{self, Listener, Local, handshake};
 use crate::wire::Msg;
-use crate::wire::catalogue::{DeliverAck, Pong, ShutdownAck};
+use crate::wire::catalogue::{DeliverAck, Pong, Reply, ShutdownAck};
 
 /// Arguments of `relay listen`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "With --json, prints one JSON object per message (JSON Lines) as \
-they arrive. Stop with Ctrl-C; the socket file left behind is reclaimed by the next listen."
+they arrive. Stop with Ctrl-C; the socket file left behind is reclaimed by the next listen.
+
+Answering requests:
+  relay listen --as calc --exec 'bc -l'
+  relay send calc --intent request --wait 5s -- '2^10'    # prints the reply, 1024"
 )]
-pub struct Args {}
+pub struct Args {
+    /// Answer each request (intent request) by running CMD with `sh -c`: the request body
+    /// on stdin, CMD's stdout (capped at the store's body cap) is the reply. A failing CMD
+    /// replies `error: ...` with its exit status and stderr. CMD sees RELAY_MESSAGE_ID,
+    /// RELAY_FROM and RELAY_THREAD in its environment.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+}
+
+/// Answers requests by running a command.
+struct Answerer {
+    cmd: String,
+    store: Arc<SqliteStore>,
+    me: crate::store::Endpoint,
+}
+
+impl Answerer {
+    /// Runs the command for `m`, stores the reply in the sender's mailbox, and returns it
+    /// as a `Reply` frame.
+    fn answer(&self, m: &Message) -> Reply {
+        let body = self.run(m);
+        let req = SendRequest {
+            reply_to: Some(m.id.clone()),
+            ..SendRequest::text(self.me.clone(), m.from.clone(), body.clone())
+        };
+        // Stored first so the mailbox has it whatever happens to the connection.
+        let message_id = match route::send(self.store.as_ref(), req) {
+            Ok(sent) => sent.receipt.id,
+            Err(e) => {
+                tracing::warn!("reply to {} not stored: {e}", m.id);
+                uuid::Uuid::now_v7().to_string()
+            }
+        };
+        Reply {
+            message_id,
+            reply_to: m.id.clone(),
+            content_type: crate::store::TEXT_PLAIN.into(),
+            body,
+        }
+    }
+
+    fn run(&self, m: &Message) -> Vec<u8> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(&self.cmd)
+            .env("RELAY_MESSAGE_ID", &m.id)
+            .env("RELAY_FROM", m.from_name.as_deref().unwrap_or(&m.from))
+            .env("RELAY_THREAD", m.thread.as_deref().unwrap_or(""))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => return format!("error: could not run {:?}: {e}", self.cmd).into_bytes(),
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that does not read its input is fine; a broken pipe is not an error.
+            let _ = stdin.write_all(&m.body);
+        }
+        let mut body = match child.wait_with_output() {
+            Ok(o) if o.status.success() => o.stdout,
+            Ok(o) => format!(
+                "error: {:?} failed ({}): {}",
+                self.cmd,
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
+            .into_bytes(),
+            Err(e) => format!("error: {:?}: {e}", self.cmd).into_bytes(),
+        };
+        body.truncate(self.store.max_body());
+        body
+    }
+}
 
 struct Printer {
     json: bool,
@@ -69,9 +153,16 @@ fn from_deliver(d: crate::wire::catalogue::Deliver, me: &str) -> Message {
     }
 }
 
-pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
+pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = Arc::new(ctx.store()?);
     let me = ctx.me(store.as_ref())?;
+    let answerer = a.exec.map(|cmd| {
+        Arc::new(Answerer {
+            cmd,
+            store: store.clone(),
+            me: me.clone(),
+        })
+    });
     // Mark it live: the pid and start time tell a reused pid apart.
     if let Some(p) = procfs::current() {
         store.register(&Registration {
@@ -93,7 +184,8 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
     // Mail queued before we listened, and any that lands in the mailbox later.
     {
         let (store, printer, id) = (store.clone(), printer.clone(), me.id.clone());
-        std::thread::spawn(move || mailbox_loop(&store, &printer, &id));
+        let answerer = answerer.clone();
+        std::thread::spawn(move || mailbox_loop(&store, &printer, answerer.as_deref(), &id));
     }
     let mut local = Local::new(me.id.clone());
     local.name = me.name.clone();
@@ -101,8 +193,9 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
         match listener.accept() {
             Ok(conn) => {
                 let (printer, local, id) = (printer.clone(), local.clone(), me.id.clone());
+                let answerer = answerer.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = serve(conn, &local, &printer, &id) {
+                    if let Err(e) = serve(conn, &local, &printer, answerer.as_deref(), &id) {
                         tracing::warn!("connection closed: {e}");
                     }
                 });
@@ -113,7 +206,7 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
     }
 }
 
-fn mailbox_loop(store: &SqliteStore, printer: &Printer, me: &str) {
+fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answerer>, me: &str) {
     let take = Fetch {
         limit: 100,
         mode: FetchMode::Take,
@@ -123,7 +216,12 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, me: &str) {
         match store.wait(me, &take, Duration::from_secs(300)) {
             Ok(msgs) => {
                 for m in &msgs {
-                    printer.show(m, "mailbox");
+                    if printer.show(m, "mailbox")
+                        && m.intent == Intent::Request
+                        && let Some(a) = answerer
+                    {
+                        a.answer(m);
+                    }
                 }
             }
             Err(e) => {
@@ -138,19 +236,27 @@ fn serve(
     mut conn: transport::Connection,
     local: &Local,
     printer: &Printer,
+    answerer: Option<&Answerer>,
     me: &str,
 ) -> Result<(), transport::Error> {
     handshake::accept(&mut conn, local)?;
     while let Some(frame) = conn.read_frame()? {
         match frame.msg {
             Msg::Deliver(d) => {
-                let id = d.message_id.clone();
-                printer.show(&from_deliver(d, me), "live");
+                let m = from_deliver(d, me);
+                let new = printer.show(&m, "live");
                 conn.write_frame(Msg::DeliverAck(DeliverAck {
-                    message_id: id,
+                    message_id: m.id.clone(),
                     accepted: true,
                     reason: None,
                 }))?;
+                if new
+                    && m.intent == Intent::Request
+                    && let Some(a) = answerer
+                {
+                    // The sender may have hung up already; the stored reply still reaches it.
+                    let _ = conn.write_frame(Msg::Reply(a.answer(&m)));
+                }
             }
             Msg::Ping(p) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
             Msg::Shutdown(_) => {

@@ -27,6 +27,10 @@ pub struct Args {
     /// not-deliverable instead of piling up.
     #[arg(long)]
     pub no_mailbox: bool,
+    /// It never answers requests (a sink, a logger): requests to it are rejected as
+    /// bad-target instead of leaving the sender waiting. Sets meta replies=false.
+    #[arg(long)]
+    pub no_replies: bool,
     /// Metadata to merge, KEY=VALUE (repeatable). VALUE is parsed as JSON when it can be.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
@@ -41,6 +45,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .ok_or_else(|| UsageError(format!("--meta {kv:?}: write KEY=VALUE")))?;
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         meta.insert(k.to_string(), value);
+    }
+    if a.no_replies {
+        meta.insert(
+            crate::route::dispatch::REPLIES_META.into(),
+            Value::Bool(false),
+        );
     }
     let store = ctx.store()?;
     let reg = store.register(&Registration {

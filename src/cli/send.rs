@@ -141,7 +141,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             runtime_dir: Some(crate::transport::runtime_dir(&ctx.config.home)),
         })
         .collect();
-    let sent = route::send_all(&store as &dyn Store, reqs)?;
+    let mut sent = route::send_all(&store as &dyn Store, reqs)?;
     let human = |s: &Sent| {
         format!(
             "{} {} for {} via {} (thread {})",
@@ -160,8 +160,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         output::emit(ctx.json, &doc, || {
             doc.sent.iter().map(human).collect::<Vec<_>>().join("\n")
         });
-    } else if let (Some(s), Some(timeout)) = (sent.first(), a.wait) {
-        return wait_for_reply(ctx, &store, &me.id, s, timeout);
+    } else if let Some(timeout) = a.wait
+        && !sent.is_empty()
+    {
+        return wait_for_reply(ctx, &store, &me.id, sent.remove(0), timeout);
     } else if let Some(s) = sent.first() {
         let wake = crate::agents::wake::follow_up(&ctx.config.home, s);
         let doc = Single {
@@ -193,36 +195,69 @@ struct Replied<'a> {
     #[serde(flatten)]
     sent: &'a Sent,
     reply: Option<&'a crate::store::Message>,
+    /// How the reply came: `live` (a Reply frame) or `mailbox`.
+    reply_route: Option<&'static str>,
     timed_out: bool,
 }
 
-/// Waits for the reply to a request (through the mailbox, woken by the doorbell), prints
-/// the receipt with the reply, and acks the reply after printing. Exit 4 on timeout.
+/// Waits for the reply to a request and prints it with the receipt; exit 4 on timeout.
+///
+/// Two paths race: a `Reply` frame on the connection a live delivery left open, and the
+/// mailbox (woken by the doorbell). Repliers store the reply before sending the frame, so
+/// the mailbox always has it too; the frame is just faster. The reply is acked in the
+/// store after printing, whichever path brought it.
 fn wait_for_reply(
     ctx: &Ctx,
     store: &crate::store::SqliteStore,
     me: &str,
-    sent: &Sent,
+    mut sent: Sent,
     timeout: Duration,
 ) -> anyhow::Result<u8> {
-    let req = crate::store::Fetch {
-        limit: 1,
-        mode: crate::store::FetchMode::Deliver {
-            lease: crate::store::DEFAULT_LEASE,
-        },
-        filter: crate::store::Filter {
-            reply_to: Some(sent.receipt.id.clone()),
-            ..Default::default()
-        },
+    use crate::store::{Fetch, FetchMode, Filter};
+    let request_id = sent.receipt.id.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Reply>();
+    if let Some(mut conn) = sent.live.take() {
+        let (tx, id) = (tx.clone(), request_id.clone());
+        std::thread::spawn(move || {
+            match crate::transport::client::await_reply(&mut conn, &id, timeout) {
+                Ok(Some(r)) => drop(tx.send(Reply::Live(r))),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("live reply path: {e}"),
+            }
+        });
+    }
+    {
+        let (mailbox, me, id) = (ctx.store()?, me.to_string(), request_id.clone());
+        std::thread::spawn(move || {
+            let req = Fetch {
+                limit: 1,
+                mode: FetchMode::Deliver {
+                    lease: crate::store::DEFAULT_LEASE,
+                },
+                filter: Filter {
+                    reply_to: Some(id),
+                    ..Default::default()
+                },
+            };
+            match mailbox.wait(&me, &req, timeout) {
+                Ok(mut got) if !got.is_empty() => drop(tx.send(Reply::Mailbox(got.remove(0)))),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("mailbox reply path: {e}"),
+            }
+        });
+    }
+    let (reply, path) = match rx.recv_timeout(timeout) {
+        Ok(Reply::Mailbox(m)) => (Some(m), Some("mailbox")),
+        Ok(Reply::Live(r)) => (Some(reply_message(store, me, &sent, r)), Some("live")),
+        Err(_) => (None, None),
     };
-    let got = store.wait(me, &req, timeout)?;
-    let reply = got.first();
     let doc = Replied {
-        sent,
-        reply,
+        sent: &sent,
+        reply: reply.as_ref(),
+        reply_route: path,
         timed_out: reply.is_none(),
     };
-    output::emit_outcome(ctx.json, &doc, reply.is_some(), || match reply {
+    output::emit_outcome(ctx.json, &doc, reply.is_some(), || match &reply {
         Some(m) => output::messages(std::slice::from_ref(m)),
         None => format!(
             "sent {} via {}; no reply within {}",
@@ -233,9 +268,58 @@ fn wait_for_reply(
     });
     match reply {
         Some(m) => {
-            store.ack(Some(me), std::slice::from_ref(&m.id))?;
+            // A reply that came only as a frame (its sender could not store it) has no
+            // row to ack.
+            match store.ack(Some(me), std::slice::from_ref(&m.id)) {
+                Ok(_) | Err(crate::store::Error::UnknownMessage { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
             Ok(super::EXIT_OK)
         }
         None => Ok(super::EXIT_TIMEOUT),
+    }
+}
+
+/// How a reply arrived.
+enum Reply {
+    Live(crate::wire::catalogue::Reply),
+    Mailbox(crate::store::Message),
+}
+
+/// The stored row for a reply frame when there is one (it has the sender's name and
+/// times), else a message built from the frame.
+fn reply_message(
+    store: &crate::store::SqliteStore,
+    me: &str,
+    sent: &Sent,
+    r: crate::wire::catalogue::Reply,
+) -> crate::store::Message {
+    let peek = crate::store::Fetch {
+        limit: 1,
+        mode: crate::store::FetchMode::Peek,
+        filter: crate::store::Filter {
+            ids: Some(vec![r.message_id.clone()]),
+            ..Default::default()
+        },
+    };
+    if let Ok(mut rows) = store.fetch(me, &peek)
+        && !rows.is_empty()
+    {
+        return rows.remove(0);
+    }
+    crate::store::Message {
+        id: r.message_id,
+        from: sent.receipt.to.clone(),
+        from_name: sent.receipt.to_name.clone(),
+        to: me.to_string(),
+        thread: sent.receipt.thread.clone(),
+        reply_to: Some(r.reply_to),
+        intent: crate::store::Intent::Notify,
+        content_type: r.content_type,
+        body: r.body,
+        created_at: crate::clock::now_ms(),
+        expires_at: None,
+        state: crate::store::State::Acked,
+        deliveries: 1,
     }
 }

@@ -56,6 +56,9 @@ pub struct Facts {
     /// Whether the target is a dormant agent session relay can resume: a Claude Code or
     /// Codex endpoint with a UUID session id and a working directory that exists.
     pub wakeable: bool,
+    /// Whether the target answers requests. False for endpoints registered with
+    /// `--no-replies` (meta `"replies": false`): sinks, loggers, dashboards.
+    pub replies: bool,
     /// Body size in bytes.
     pub body_len: usize,
     /// Body cap in bytes.
@@ -114,16 +117,19 @@ pub enum Reason {
     NotDeliverable,
     /// A wake was asked for, but the target is not a resumable agent session.
     NotWakeable,
+    /// A request to an endpoint that declared it never replies (`register --no-replies`).
+    BadTarget,
 }
 
 impl Reason {
     /// Every reason this decider can produce.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::UnknownTarget,
         Reason::AmbiguousTarget,
         Reason::TooLarge,
         Reason::NotDeliverable,
         Reason::NotWakeable,
+        Reason::BadTarget,
     ];
 
     /// The stable spelling, e.g. `unknown-target`.
@@ -134,6 +140,7 @@ impl Reason {
             Reason::TooLarge => "too-large",
             Reason::NotDeliverable => "not-deliverable",
             Reason::NotWakeable => "not-wakeable",
+            Reason::BadTarget => "bad-target",
         }
     }
 }
@@ -145,13 +152,12 @@ impl std::fmt::Display for Reason {
 }
 
 /// Decides the route. Resolution first (nothing else is known about a target that was
-/// not found), then size, then a live socket, then whether the mailbox can carry it, then
-/// the wake. A stale or indeterminate socket counts as not live: the mailbox is the safe
-/// path.
+/// not found), then size, then whether a request can be answered at all, then a live
+/// socket, then whether the mailbox can carry it, then the wake. A stale or indeterminate
+/// socket counts as not live: the mailbox is the safe path.
 ///
-/// `ask.intent` does not change a mailbox decision: every endpoint that reads its mailbox
-/// can answer a request through its own send. It starts to matter with live routing, where
-/// a request to a target that cannot reply is `bad-target`.
+/// A request to an endpoint that declared it never replies is `bad-target` whatever its
+/// route would have been: the sender would wait for an answer that cannot come.
 pub fn decide(facts: &Facts, ask: Ask) -> Decision {
     match facts.resolution {
         Resolution::Unknown => return Decision::Reject(Reason::UnknownTarget),
@@ -160,6 +166,9 @@ pub fn decide(facts: &Facts, ask: Ask) -> Decision {
     }
     if facts.body_len > facts.body_cap {
         return Decision::Reject(Reason::TooLarge);
+    }
+    if ask.intent == Intent::Request && !facts.replies {
+        return Decision::Reject(Reason::BadTarget);
     }
     // A live target gets it now; no mailbox or wake is needed.
     if facts.live == LiveState::Live {
@@ -188,13 +197,15 @@ mod tests {
         live: LiveState,
         mailbox: bool,
         over: bool,
+        request_to_mute: bool,
         wake: bool,
         wakeable: bool,
     ) -> Decision {
-        let rules: [(bool, Decision); 8] = [
+        let rules: [(bool, Decision); 9] = [
             (r == Resolution::Unknown, Reject(UnknownTarget)),
             (r == Resolution::Ambiguous, Reject(AmbiguousTarget)),
             (over, Reject(TooLarge)),
+            (request_to_mute, Reject(BadTarget)),
             (live == LiveState::Live, Live),
             (!mailbox, Reject(NotDeliverable)),
             (wake && !wakeable, Reject(NotWakeable)),
@@ -208,7 +219,7 @@ mod tests {
             .unwrap()
     }
 
-    /// Every cell: resolution × mailbox × size × intent × wake × wakeable.
+    /// Every cell: resolution × live × mailbox × size × intent × replies × wake × wakeable.
     #[test]
     fn table_covers_every_cell_and_every_outcome() {
         let cap = 100;
@@ -223,31 +234,35 @@ mod tests {
                 for consumes_mailbox in [true, false] {
                     for body_len in [0, cap, cap + 1] {
                         for intent in Intent::ALL {
-                            for wake in [false, true] {
-                                for wakeable in [false, true] {
-                                    let facts = Facts {
-                                        resolution,
-                                        live,
-                                        consumes_mailbox,
-                                        wakeable,
-                                        body_len,
-                                        body_cap: cap,
-                                    };
-                                    let got = decide(&facts, Ask { intent, wake });
-                                    let want = expected(
-                                        resolution,
-                                        live,
-                                        consumes_mailbox,
-                                        body_len > cap,
-                                        wake,
-                                        wakeable,
-                                    );
-                                    assert_eq!(
-                                        got, want,
-                                        "{facts:?} intent={intent:?} wake={wake}"
-                                    );
-                                    seen.push(got);
-                                    cells += 1;
+                            for replies in [true, false] {
+                                for wake in [false, true] {
+                                    for wakeable in [false, true] {
+                                        let facts = Facts {
+                                            resolution,
+                                            live,
+                                            consumes_mailbox,
+                                            wakeable,
+                                            replies,
+                                            body_len,
+                                            body_cap: cap,
+                                        };
+                                        let got = decide(&facts, Ask { intent, wake });
+                                        let want = expected(
+                                            resolution,
+                                            live,
+                                            consumes_mailbox,
+                                            body_len > cap,
+                                            intent == Intent::Request && !replies,
+                                            wake,
+                                            wakeable,
+                                        );
+                                        assert_eq!(
+                                            got, want,
+                                            "{facts:?} intent={intent:?} wake={wake}"
+                                        );
+                                        seen.push(got);
+                                        cells += 1;
+                                    }
                                 }
                             }
                         }
@@ -255,14 +270,15 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cells, 3 * 4 * 2 * 3 * 2 * 2 * 2);
+        assert_eq!(cells, 3 * 4 * 2 * 3 * 2 * 2 * 2 * 2);
         // Every route and every reason must be produced by some cell. The match is
         // exhaustive, so a new variant fails to compile until it is listed here.
         for d in &seen {
             match d {
                 Live | Mailbox | Wake => {}
                 Reject(
-                    UnknownTarget | AmbiguousTarget | TooLarge | NotDeliverable | NotWakeable,
+                    UnknownTarget | AmbiguousTarget | TooLarge | NotDeliverable | NotWakeable
+                    | BadTarget,
                 ) => {}
             }
         }
@@ -287,6 +303,7 @@ mod tests {
             live: LiveState::NoSocket,
             consumes_mailbox: true,
             wakeable: true,
+            replies: true,
             body_len: 10,
             body_cap: 100,
         };
@@ -317,6 +334,17 @@ mod tests {
             Mailbox
         );
         assert_eq!(decide(&found, wake), Wake);
+        let mute = Facts {
+            replies: false,
+            live: LiveState::Live,
+            ..found
+        };
+        assert_eq!(
+            decide(&mute, wake),
+            Reject(BadTarget),
+            "a request to a mute endpoint"
+        );
+        assert_eq!(decide(&mute, notify), Live, "a notification to it is fine");
         assert_eq!(
             decide(
                 &Facts {
@@ -368,5 +396,6 @@ mod tests {
             );
         }
         assert_eq!(Reason::NotWakeable.as_str(), "not-wakeable");
+        assert_eq!(Reason::BadTarget.as_str(), "bad-target");
     }
 }

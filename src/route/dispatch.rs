@@ -71,7 +71,7 @@ impl SendRequest {
 }
 
 /// What a send did: the route it took and the receipt as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Sent {
     /// The route taken.
     #[serde(flatten)]
@@ -79,13 +79,18 @@ pub struct Sent {
     /// The receipt; its `state` is the truth at the moment of return.
     #[serde(flatten)]
     pub receipt: Receipt,
+    /// A request delivered live keeps its connection open here, so the target can answer
+    /// on it with a `Reply` frame ([`crate::transport::client::await_reply`]). Dropping it
+    /// closes the connection; the target then replies through the mailbox.
+    #[serde(skip)]
+    pub live: Option<crate::transport::Connection>,
 }
 
 /// Sends one message: resolve the target, decide, and carry it out.
 ///
 /// # Errors
-/// [`Error::Rejected`] with `unknown-target`, `ambiguous-target`, `too-large` or
-/// `not-deliverable` — nothing is stored; [`Error::Store`] with
+/// [`Error::Rejected`] with `unknown-target`, `ambiguous-target`, `too-large`,
+/// `not-deliverable`, `not-wakeable` or `bad-target` — nothing is stored; [`Error::Store`] with
 /// [`store::Error::UnknownMessage`] when `reply_to` names no message, or backend errors.
 pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
     Ok(send_all(store, vec![req])?.remove(0))
@@ -111,7 +116,11 @@ pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, 
     for (p, receipt) in plans.into_iter().zip(receipts) {
         out.push(match p.decision {
             Decision::Live => carry_live(store, p, receipt)?,
-            route => Sent { route, receipt },
+            route => Sent {
+                route,
+                receipt,
+                live: None,
+            },
         });
     }
     Ok(out)
@@ -146,14 +155,22 @@ fn carry_live(store: &dyn Store, p: Plan, receipt: Receipt) -> Result<Sent, Erro
         }
         let Some(s) = stream.take() else { continue };
         match client::deliver(s, &me, deliver.clone(), LIVE_TIMEOUT) {
-            Ok(ack) if ack.accepted => {
+            Ok((ack, conn)) if ack.accepted => {
                 store.ack(Some(&p.msg.to), std::slice::from_ref(&receipt.id))?;
+                let live = if p.msg.intent == Intent::Request {
+                    Some(conn)
+                } else {
+                    client::close(conn, "delivered");
+                    None
+                };
                 return Ok(Sent {
                     route: Decision::Live,
                     receipt: store.receipt(&receipt.id)?,
+                    live,
                 });
             }
-            Ok(ack) => {
+            Ok((ack, conn)) => {
+                client::close(conn, "refused");
                 tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
                 break;
             }
@@ -163,6 +180,7 @@ fn carry_live(store: &dyn Store, p: Plan, receipt: Receipt) -> Result<Sent, Erro
     Ok(Sent {
         route: Decision::Mailbox,
         receipt,
+        live: None,
     })
 }
 
@@ -197,6 +215,7 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
         live,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
         wakeable: target.is_some_and(wakeable),
+        replies: target.is_none_or(replies),
         body_len: req.body.len(),
         body_cap: store.max_body(),
     };
@@ -259,6 +278,14 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
     })
 }
 
+/// False when the endpoint declared it never answers (`meta.replies == false`).
+pub fn replies(e: &Endpoint) -> bool {
+    e.meta.get(REPLIES_META) != Some(&serde_json::Value::Bool(false))
+}
+
+/// The metadata key `register --no-replies` sets to `false`.
+pub const REPLIES_META: &str = "replies";
+
 /// A Claude Code or Codex session with a UUID id and a working directory that exists.
 fn wakeable(e: &Endpoint) -> bool {
     matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex)
@@ -302,5 +329,10 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
             )
         ),
         (Reason::NotWakeable, _) => format!("{} cannot be woken", req.to),
+        (Reason::BadTarget, _) => format!(
+            "{} never replies (registered with --no-replies), so a request to it would \
+             wait forever; send it with --intent notify instead. Nothing was sent",
+            req.to
+        ),
     }
 }

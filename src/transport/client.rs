@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Connection, Error, Local, handshake};
 use crate::route::LiveState;
 use crate::wire::Msg;
-use crate::wire::catalogue::{Deliver, DeliverAck};
+use crate::wire::catalogue::{Deliver, DeliverAck, Pong, Reply, Shutdown};
 
 /// Connects to `path`: `Live` with the stream, or why not.
 pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
@@ -22,7 +22,8 @@ pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
 }
 
 /// Handshakes on `stream` as `me`, sends `d`, and waits at most `timeout` for the peer's
-/// `DeliverAck` (answering `Ping`s meanwhile).
+/// `DeliverAck` (answering `Ping`s meanwhile). The connection is returned open: a sender
+/// of a request keeps it for [`await_reply`]; others hand it to [`close`].
 ///
 /// # Errors
 /// Handshake, wire and socket errors; [`Error::Closed`] when the peer hangs up first.
@@ -31,7 +32,7 @@ pub fn deliver(
     me: &Local,
     d: Deliver,
     timeout: Duration,
-) -> Result<DeliverAck, Error> {
+) -> Result<(DeliverAck, Connection), Error> {
     let mut conn = Connection::new(stream);
     conn.set_read_timeout(Some(timeout))?;
     handshake::dial(&mut conn, me)?;
@@ -39,15 +40,8 @@ pub fn deliver(
     conn.write_frame(Msg::Deliver(d))?;
     loop {
         match conn.read_frame()?.map(|f| f.msg) {
-            Some(Msg::DeliverAck(a)) if a.message_id == id => {
-                let _ = conn.write_frame(Msg::Shutdown(crate::wire::catalogue::Shutdown {
-                    reason: "delivered".into(),
-                }));
-                return Ok(a);
-            }
-            Some(Msg::Ping(p)) => {
-                conn.write_frame(Msg::Pong(crate::wire::catalogue::Pong { nonce: p.nonce }))?
-            }
+            Some(Msg::DeliverAck(a)) if a.message_id == id => return Ok((a, conn)),
+            Some(Msg::Ping(p)) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
             Some(other) => {
                 return Err(Error::Protocol(format!(
                     "expected DeliverAck, got {}",
@@ -55,6 +49,37 @@ pub fn deliver(
                 )));
             }
             None => return Err(Error::Closed),
+        }
+    }
+}
+
+/// Ends a sender's connection politely: a `Shutdown`, then close. Errors are ignored; the
+/// peer sees end of stream either way.
+pub fn close(mut conn: Connection, reason: &str) {
+    let _ = conn.write_frame(Msg::Shutdown(Shutdown {
+        reason: reason.into(),
+    }));
+}
+
+/// Reads the connection until the peer's `Reply` to `request_id` (answering `Ping`s),
+/// blocking at most `timeout`. `Ok(None)` when the peer closed the connection without
+/// replying on it (it may still reply through the mailbox).
+///
+/// # Errors
+/// Wire and socket errors, including the read timeout (`Error::Io`, `WouldBlock`/`TimedOut`).
+pub fn await_reply(
+    conn: &mut Connection,
+    request_id: &str,
+    timeout: Duration,
+) -> Result<Option<Reply>, Error> {
+    conn.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    loop {
+        match conn.read_frame()?.map(|f| f.msg) {
+            Some(Msg::Reply(r)) if r.reply_to == request_id => return Ok(Some(r)),
+            Some(Msg::Ping(p)) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
+            Some(Msg::Shutdown(_)) | None => return Ok(None),
+            // Anything else (a reply to another request, a Pong) is not ours to handle.
+            Some(_) => {}
         }
     }
 }
