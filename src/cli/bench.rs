@@ -1,6 +1,7 @@
 //! `relay bench mailbox`: measure the durable mailbox and write bench/results/mailbox.md.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -40,6 +41,10 @@ pub struct RttArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub size: u32,
+    /// Also run the different-CPU placement spinning this many µs before each blocking
+    /// read (spin-then-park), next to blocking at once. 0 skips that row.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub spin_us: u64,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "bench/results/rtt.md")]
     pub out: PathBuf,
@@ -111,6 +116,9 @@ pub struct ChildArgs {
     /// Pin to this CPU.
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// Spin this many µs before each blocking read (echo roles).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
 }
 
 struct Bar(ProgressBar);
@@ -195,13 +203,17 @@ fn run_throughput(ctx: &Ctx, a: ThroughputArgs) -> anyhow::Result<u8> {
 
 fn run_rtt(ctx: &Ctx, a: RttArgs) -> anyhow::Result<u8> {
     use crate::bench::rtt;
-    let steps = u64::from(a.n).div_ceil(1000) * 4;
+    let rows = if a.spin_us > 0 { 6 } else { 4 };
+    let steps = u64::from(a.n).div_ceil(1000) * rows;
     measure(
         ctx,
         &a.out,
         steps,
         "round trips (x1000)",
-        |tick| rtt::run(a.n as usize, a.size as usize, tick),
+        |tick| {
+            let spin = Duration::from_micros(a.spin_us);
+            rtt::run(a.n as usize, a.size as usize, spin, tick)
+        },
         rtt::markdown,
     )
 }
@@ -229,7 +241,13 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             let socket = a
                 .socket
                 .ok_or_else(|| super::UsageError("echo needs --socket".into()))?;
-            crate::bench::rtt::child_raw_echo(&socket, a.count, a.size, a.cpu)?;
+            crate::bench::rtt::child_raw_echo(
+                &socket,
+                a.count,
+                a.size,
+                a.cpu,
+                Duration::from_micros(a.spin_us),
+            )?;
         }
         Role::FrameSink => {
             let socket = a
@@ -247,7 +265,12 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             let socket = a
                 .socket
                 .ok_or_else(|| super::UsageError("frame-echo needs --socket".into()))?;
-            crate::bench::rtt::child_frame_echo(&socket, a.count, a.cpu)?;
+            crate::bench::rtt::child_frame_echo(
+                &socket,
+                a.count,
+                a.cpu,
+                Duration::from_micros(a.spin_us),
+            )?;
         }
     }
     Ok(EXIT_OK)

@@ -225,11 +225,7 @@ macro_rules! catalogue {
                         }
                         // One message, one encoding: postcard also reads varints with
                         // redundant continuation bytes, which would re-encode differently.
-                        let canonical = postcard::to_allocvec(&m).map_err(|e| super::Error::Malformed {
-                            kind: stringify!($kind),
-                            reason: e.to_string(),
-                        })?;
-                        if canonical != payload {
+                        if !super::canonical::matches(&m, payload) {
                             return Err(super::Error::Malformed {
                                 kind: stringify!($kind),
                                 reason: "non-canonical encoding (over-long varint)".into(),

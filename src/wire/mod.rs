@@ -2,6 +2,7 @@
 //! postcard payload of one catalogue message. No I/O here: the transport feeds bytes in
 //! and takes bytes out.
 
+mod canonical;
 pub mod catalogue;
 mod error;
 pub mod frame;
