@@ -45,6 +45,18 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
                 Spawn { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::shm::Error>() {
+            use crate::shm::Error::*;
+            return match e {
+                Timeout(_) => ("timed-out", EXIT_TIMEOUT),
+                Rejected(_) => ("stream-rejected", EXIT_REJECTED),
+                Closed(_) | WriterGone => ("stream-closed", EXIT_FAILURE),
+                Corrupt(_) | Protocol(_) | InvalidHandle(_) | Layout(_) => {
+                    ("stream-corrupt", EXIT_FAILURE)
+                }
+                Io(_) => ("failure", EXIT_FAILURE),
+            };
+        }
         if cause
             .downcast_ref::<crate::agents::install::Error>()
             .is_some()

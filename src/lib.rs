@@ -28,6 +28,7 @@ pub mod config;
 pub mod errors;
 pub mod mcp;
 pub mod route;
+pub mod shm;
 pub mod store;
 pub mod transport;
 pub mod wire;

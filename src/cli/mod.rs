@@ -24,6 +24,7 @@ mod register;
 mod roster;
 mod send;
 mod status;
+mod stream;
 mod wait;
 mod wake;
 mod whoami;
@@ -96,6 +97,8 @@ pub enum Command {
     Send(send::Args),
     /// Run a live endpoint: messages arrive over its socket as they are sent.
     Listen(listen::Args),
+    /// Pipe a file to a live endpoint over shared memory (or the socket), sha256 on both ends.
+    Stream(stream::Args),
     /// Read your mail (acked after it is printed, unless --peek or --no-ack).
     Inbox(inbox::Args),
     /// Acknowledge messages by id (or unique id prefix).
@@ -263,6 +266,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Send(a) => send::run(&ctx, a),
         Command::Inbox(a) => inbox::run(&ctx, a),
         Command::Listen(a) => listen::run(&ctx, a),
+        Command::Stream(a) => stream::run(&ctx, a),
         Command::Ack(a) => ack::run(&ctx, a),
         Command::Wait(a) => wait::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),

@@ -76,6 +76,17 @@ impl Connection {
         self.max_frame = max.min(HARD_MAX_FRAME);
     }
 
+    /// The largest payload accepted and sent, bytes.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// Takes exactly `n` received descriptors, oldest first, or none when fewer arrived
+    /// (frames that carry descriptors take them in frame order).
+    pub fn take_fds_n(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        (self.fds.len() >= n).then(|| self.fds.drain(..n).collect())
+    }
+
     /// Limits how long a read blocks (`None`: forever).
     ///
     /// # Errors

@@ -19,6 +19,13 @@ pub struct Listener {
     path: PathBuf,
 }
 
+impl std::os::fd::AsFd for Listener {
+    /// The listening socket, to poll for a pending connection.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
 impl Listener {
     /// Binds `path`, reclaiming a stale socket file.
     ///

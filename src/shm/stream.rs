@@ -1,0 +1,932 @@
+//! Byte streams between two live endpoints over one connection (DESIGN.md §8).
+//!
+//! A [`Session`] takes a handshaken [`Connection`] and runs a demultiplexing thread on its
+//! reading side. The opener of a stream is its writer. With `SHM_STREAMS` negotiated and a
+//! free slot on both sides, the opener creates a memfd ring and two eventfds (data ready,
+//! space ready) and passes them with `StreamOpen`; bytes then never touch the socket.
+//! Otherwise the same stream runs over `StreamData` frames with a credit window the size of
+//! the ring, so backpressure, end of stream and errors behave the same: the caller's code
+//! does not change.
+//!
+//! Socket-path frames (the wire catalogue is unchanged):
+//! - writer → reader: `StreamData {offset, data}`, offsets contiguous from 0;
+//! - reader → writer: `StreamData {offset: bytes consumed, data: []}` — a credit update;
+//! - writer → reader: `StreamClose {total}` — end of stream after `total` bytes;
+//! - reader → writer: `StreamClose {total: bytes read}` — the reader is done or gone.
+//!
+//! Stream ids: the dialer's are odd, the listener's even, so both may open at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use relay_ring::{Read, Ring};
+
+use super::Error;
+use super::memory::{self, Doorbell, Mapping};
+use crate::transport::Connection;
+use crate::wire::Msg;
+use crate::wire::catalogue::{
+    ErrorMsg, Pong, SHM_STREAMS, ShutdownAck, StreamAccept, StreamClose, StreamData, StreamOpen,
+    StreamReject,
+};
+
+/// Ring capacity for new streams, bytes (1 MiB); also the socket path's credit window.
+pub const DEFAULT_CAPACITY: u32 = 1 << 20;
+/// Shared-memory streams one connection may hold at once; more run over the socket.
+pub const DEFAULT_SLOTS: usize = 64;
+/// How long a blocked reader or writer polls before parking on the eventfd.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// `ErrorMsg.code` for a frame naming a stream that is not open.
+pub const ERROR_INVALID_HANDLE: u16 = 2;
+/// Largest `StreamData` payload the socket path sends, bytes.
+const MAX_CHUNK: usize = 256 * 1024;
+/// How long `open` waits for the peer's StreamAccept.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Parked waits wake at least this often to notice a dead connection.
+const PARK_SLICE: Duration = Duration::from_millis(100);
+
+/// Options for a [`Session`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Shared-memory slots (default 64); 0 forces the socket path.
+    pub slots: usize,
+    /// Ring capacity and socket credit window, bytes (power of two, default 1 MiB).
+    pub capacity: u32,
+    /// Spin before parking (default 50 µs; zero parks at once).
+    pub spin: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            slots: DEFAULT_SLOTS,
+            capacity: DEFAULT_CAPACITY,
+            spin: DEFAULT_SPIN,
+        }
+    }
+}
+
+/// Streams over one connection. Cheap to clone; the connection closes when the peer does.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    out: Mutex<Connection>,
+    state: Mutex<State>,
+    cond: Condvar,
+    shm: bool,
+    opts: Options,
+    chunk: usize,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u32,
+    streams: HashMap<u32, Slot>,
+    incoming: VecDeque<u32>,
+    answers: HashMap<u32, Result<bool, String>>,
+    shm_in_use: usize,
+    /// Why the connection ended, once it has.
+    gone: Option<String>,
+}
+
+/// What the session keeps per stream: enough to route frames and to tell a shared-memory
+/// half that its peer is gone.
+enum Slot {
+    /// We read it.
+    In {
+        shm: Option<ShmEnds>,
+        buf: VecDeque<u8>,
+        received: u64,
+        total: Option<u64>,
+        broken: Option<String>,
+    },
+    /// We write it.
+    Out {
+        shm: Option<ShmEnds>,
+        consumed: u64,
+        reader_done: bool,
+    },
+}
+
+#[derive(Clone)]
+struct ShmEnds {
+    ring: Ring,
+    data: Arc<Doorbell>,
+    space: Arc<Doorbell>,
+}
+
+impl Session {
+    /// Starts streams on a handshaken connection. `capabilities` are the negotiated bits
+    /// (HelloAck); `dialer` says which side we are (it picks the stream id parity).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the socket cannot be duplicated for the writing half.
+    pub fn new(
+        conn: Connection,
+        capabilities: u32,
+        dialer: bool,
+        opts: Options,
+    ) -> Result<Session, Error> {
+        let mut out = Connection::new(conn.stream().try_clone()?);
+        let max_frame = conn.max_frame();
+        out.set_max_frame(max_frame);
+        let shared = Arc::new(Shared {
+            out: Mutex::new(out),
+            state: Mutex::new(State {
+                next_id: if dialer { 1 } else { 2 },
+                ..State::default()
+            }),
+            cond: Condvar::new(),
+            shm: capabilities & SHM_STREAMS != 0 && opts.slots > 0,
+            opts,
+            chunk: (max_frame as usize).saturating_sub(64).clamp(1, MAX_CHUNK),
+        });
+        let demux = shared.clone();
+        std::thread::Builder::new()
+            .name("relay-streams".into())
+            .spawn(move || demux.run(conn))?;
+        Ok(Session { shared })
+    }
+
+    /// Opens a stream to the peer, which becomes its reader. Shared memory when both sides
+    /// can and have a free slot, else the socket path.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with the peer's reason; [`Error::Closed`] when the connection
+    /// ended; [`Error::Io`] for memfd/eventfd/socket failures; [`Error::Timeout`] after 10 s
+    /// without an answer.
+    pub fn open(&self) -> Result<StreamWriter, Error> {
+        let s = &self.shared;
+        let cap = s.opts.capacity;
+        let (id, want_shm) = {
+            let mut st = s.lock();
+            if let Some(why) = &st.gone {
+                return Err(Error::Closed(why.clone()));
+            }
+            let id = st.next_id;
+            st.next_id = st.next_id.wrapping_add(2);
+            let want = s.shm && st.shm_in_use < s.opts.slots;
+            if want {
+                st.shm_in_use += 1;
+            }
+            st.streams.insert(
+                id,
+                Slot::Out {
+                    shm: None,
+                    consumed: 0,
+                    reader_done: false,
+                },
+            );
+            (id, want)
+        };
+        let ends = if want_shm {
+            match self.offer_shm(id, cap) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    self.forget(id, true);
+                    return Err(e);
+                }
+            }
+        } else {
+            let open = StreamOpen {
+                stream_id: id,
+                capacity: cap,
+                shm: false,
+            };
+            if let Err(e) = s.send(Msg::StreamOpen(open)) {
+                self.forget(id, false);
+                return Err(e);
+            }
+            None
+        };
+        let answer = {
+            let deadline = Instant::now() + OPEN_TIMEOUT;
+            let mut st = s.lock();
+            loop {
+                if let Some(a) = st.answers.remove(&id) {
+                    break Ok(a);
+                }
+                if let Some(why) = &st.gone {
+                    break Err(Error::Closed(why.clone()));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break Err(Error::Timeout("the peer did not answer StreamOpen".into()));
+                }
+                st = s
+                    .cond
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        };
+        let on_shm = match answer {
+            Ok(Ok(shm)) => shm && ends.is_some(),
+            Ok(Err(reason)) => {
+                self.forget(id, want_shm);
+                return Err(Error::Rejected(reason));
+            }
+            Err(e) => {
+                self.forget(id, want_shm);
+                return Err(e);
+            }
+        };
+        let path = match (on_shm, ends) {
+            (true, Some(e)) => {
+                if let Some(Slot::Out { shm, .. }) = s.lock().streams.get_mut(&id) {
+                    *shm = Some(e.clone());
+                }
+                OutPath::Shm {
+                    w: e.ring.clone().writer(),
+                    ends: e,
+                }
+            }
+            (_, _) => {
+                if want_shm {
+                    // The peer had no slot: the ring we made is dropped, the slot freed.
+                    s.lock().shm_in_use -= 1;
+                }
+                OutPath::Socket
+            }
+        };
+        Ok(StreamWriter {
+            id,
+            session: s.clone(),
+            path,
+            written: 0,
+            finished: false,
+        })
+    }
+
+    fn offer_shm(&self, id: u32, cap: u32) -> Result<ShmEnds, Error> {
+        let len = relay_ring::region_len(u64::from(cap));
+        let (memfd, map) = memory::create("relay-stream", len)?;
+        let map = Arc::new(map);
+        // SAFETY: a fresh page-aligned mapping of `len` bytes, kept alive by the Arc, and not
+        // shared with the peer until the StreamOpen below.
+        let ring = unsafe { Ring::init(map.ptr(), map.len(), u64::from(cap), map.clone()) }
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let (data, space) = (Arc::new(Doorbell::new()?), Arc::new(Doorbell::new()?));
+        let open = StreamOpen {
+            stream_id: id,
+            capacity: cap,
+            shm: true,
+        };
+        let fds = [memfd.as_fd(), data.fd().as_fd(), space.fd().as_fd()];
+        self.shared
+            .out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_with_fds(Msg::StreamOpen(open), &fds)?;
+        Ok(ShmEnds { ring, data, space })
+    }
+
+    fn forget(&self, id: u32, shm_slot: bool) {
+        let mut st = self.shared.lock();
+        st.streams.remove(&id);
+        if shm_slot {
+            st.shm_in_use -= 1;
+        }
+    }
+
+    /// Waits at most `timeout` for the peer to open a stream; we are its reader.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection ended; [`Error::Timeout`].
+    pub fn accept(&self, timeout: Duration) -> Result<StreamReader, Error> {
+        let s = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut st = s.lock();
+        loop {
+            if let Some(id) = st.incoming.pop_front() {
+                drop(st);
+                return self.reader(id);
+            }
+            if let Some(why) = &st.gone {
+                return Err(Error::Closed(why.clone()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout("no stream was opened".into()));
+            }
+            st = s
+                .cond
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// The reading half of incoming stream `id` (for callers that learn ids another way).
+    ///
+    /// # Errors
+    /// [`Error::InvalidHandle`] when no incoming stream has that id.
+    pub fn reader(&self, id: u32) -> Result<StreamReader, Error> {
+        let mut st = self.shared.lock();
+        st.incoming.retain(|i| *i != id);
+        let path = match st.streams.get(&id) {
+            Some(Slot::In { shm: Some(e), .. }) => InPath::Shm {
+                r: e.ring.clone().reader(),
+                ends: e.clone(),
+            },
+            Some(Slot::In { shm: None, .. }) => InPath::Socket,
+            _ => return Err(Error::InvalidHandle(id)),
+        };
+        Ok(StreamReader {
+            id,
+            session: self.shared.clone(),
+            path,
+            read: 0,
+            credited: 0,
+            closed: false,
+        })
+    }
+
+    /// Shared-memory streams open now on this side.
+    pub fn shm_in_use(&self) -> usize {
+        self.shared.lock().shm_in_use
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), Error> {
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_frame(msg)
+            .map_err(Error::from)
+    }
+
+    fn wait<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.cond
+            .wait_timeout(st, PARK_SLICE)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// The demultiplexer: routes every frame the peer sends until the connection ends.
+    fn run(self: Arc<Shared>, mut conn: Connection) {
+        let why = loop {
+            match conn.read_frame() {
+                Ok(Some(f)) => {
+                    if let Err(e) = self.route(&mut conn, f.msg) {
+                        break e.to_string();
+                    }
+                }
+                Ok(None) => break "the peer closed the connection".to_string(),
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::debug!("stream session ended: {why}");
+        let mut st = self.lock();
+        st.gone = Some(why);
+        // Wake every shared-memory half: its peer cannot make progress any more.
+        for slot in st.streams.values() {
+            match slot {
+                Slot::In { shm: Some(e), .. } => {
+                    e.ring.mark(relay_ring::WRITER_GONE);
+                    e.data.ring();
+                }
+                Slot::Out { shm: Some(e), .. } => {
+                    e.ring.mark(relay_ring::READER_GONE);
+                    e.space.ring();
+                }
+                _ => {}
+            }
+        }
+        drop(st);
+        self.cond.notify_all();
+    }
+
+    fn route(&self, conn: &mut Connection, msg: Msg) -> Result<(), Error> {
+        match msg {
+            Msg::StreamOpen(o) => self.on_open(conn, o)?,
+            Msg::StreamAccept(a) => {
+                self.lock().answers.insert(a.stream_id, Ok(a.shm));
+            }
+            Msg::StreamReject(r) => {
+                self.lock().answers.insert(r.stream_id, Err(r.reason));
+            }
+            Msg::StreamData(d) => {
+                let mut st = self.lock();
+                match st.streams.get_mut(&d.stream_id) {
+                    Some(Slot::In {
+                        buf,
+                        received,
+                        broken,
+                        shm: None,
+                        ..
+                    }) => {
+                        if d.offset != *received {
+                            *broken = Some(format!(
+                                "stream data at offset {} where {} was expected",
+                                d.offset, received
+                            ));
+                        } else {
+                            *received += d.data.len() as u64;
+                            buf.extend(d.data);
+                        }
+                    }
+                    Some(Slot::Out { consumed, .. }) if d.data.is_empty() => {
+                        *consumed = (*consumed).max(d.offset);
+                    }
+                    // A credit for a stream we finished and dropped: nothing to do.
+                    None if d.data.is_empty() => {}
+                    _ => {
+                        drop(st);
+                        self.send(Msg::Error(ErrorMsg {
+                            code: ERROR_INVALID_HANDLE,
+                            message: format!(
+                                "stream {} is not open for data on this connection",
+                                d.stream_id
+                            ),
+                        }))?;
+                    }
+                }
+            }
+            Msg::StreamClose(c) => {
+                let mut st = self.lock();
+                match st.streams.get_mut(&c.stream_id) {
+                    Some(Slot::In { total, .. }) => *total = Some(c.total),
+                    Some(Slot::Out { reader_done, .. }) => *reader_done = true,
+                    // A close crossing ours: the stream is already gone here.
+                    None => {}
+                }
+            }
+            Msg::Ping(p) => self.send(Msg::Pong(Pong { nonce: p.nonce }))?,
+            Msg::Shutdown(_) => {
+                let _ = self.send(Msg::ShutdownAck(ShutdownAck {}));
+                return Err(Error::Closed("the peer shut the connection down".into()));
+            }
+            Msg::Error(e) => tracing::warn!(code = e.code, "peer reported: {}", e.message),
+            Msg::Pong(_) | Msg::ShutdownAck(_) => {}
+            other => {
+                return Err(Error::Protocol(format!(
+                    "{} is not part of a stream session",
+                    other.name()
+                )));
+            }
+        }
+        self.cond.notify_all();
+        Ok(())
+    }
+
+    fn on_open(&self, conn: &mut Connection, o: StreamOpen) -> Result<(), Error> {
+        let id = o.stream_id;
+        let fds = if o.shm { conn.take_fds_n(3) } else { None };
+        let mut st = self.lock();
+        if st.streams.contains_key(&id) {
+            drop(st);
+            return self.send(Msg::StreamReject(StreamReject {
+                stream_id: id,
+                reason: format!("stream id {id} is already open"),
+            }));
+        }
+        let mut ends = None;
+        if o.shm {
+            let Some(fds) = fds else {
+                drop(st);
+                return self.send(Msg::StreamReject(StreamReject {
+                    stream_id: id,
+                    reason: "StreamOpen with shm=true must carry 3 descriptors (memfd, data \
+                             eventfd, space eventfd)"
+                        .into(),
+                }));
+            };
+            if self.shm && st.shm_in_use < self.opts.slots {
+                match attach(&fds, o.capacity) {
+                    Ok(e) => {
+                        st.shm_in_use += 1;
+                        ends = Some(e);
+                    }
+                    Err(e) => {
+                        drop(st);
+                        return self.send(Msg::StreamReject(StreamReject {
+                            stream_id: id,
+                            reason: format!("cannot map the stream's shared memory: {e}"),
+                        }));
+                    }
+                }
+            }
+        }
+        let on_shm = ends.is_some();
+        st.streams.insert(
+            id,
+            Slot::In {
+                shm: ends,
+                buf: VecDeque::new(),
+                received: 0,
+                total: None,
+                broken: None,
+            },
+        );
+        st.incoming.push_back(id);
+        drop(st);
+        self.send(Msg::StreamAccept(StreamAccept {
+            stream_id: id,
+            shm: on_shm,
+        }))
+    }
+}
+
+fn attach(fds: &[std::os::fd::OwnedFd], capacity: u32) -> Result<ShmEnds, Error> {
+    let [memfd, data, space] = fds else {
+        return Err(Error::Protocol("expected 3 descriptors".into()));
+    };
+    let map: Arc<Mapping> = Arc::new(memory::map_received(
+        memfd,
+        relay_ring::region_len(u64::from(capacity)),
+    )?);
+    // SAFETY: the mapping is page aligned, covers at least region_len(capacity) bytes
+    // (checked above, and sealed against shrinking), and is kept alive by the Arc.
+    let ring = unsafe { Ring::attach(map.ptr(), map.len(), map.clone()) }
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    if ring.capacity() != u64::from(capacity) {
+        return Err(Error::Protocol(format!(
+            "ring capacity {} differs from the {capacity} announced",
+            ring.capacity()
+        )));
+    }
+    Ok(ShmEnds {
+        ring,
+        data: Arc::new(Doorbell::from_fd(data.try_clone()?)),
+        space: Arc::new(Doorbell::from_fd(space.try_clone()?)),
+    })
+}
+
+enum OutPath {
+    Shm {
+        w: relay_ring::Writer,
+        ends: ShmEnds,
+    },
+    Socket,
+}
+
+/// The writing half of a stream. Dropping it finishes the stream (the reader sees end of
+/// stream after the drain); [`StreamWriter::finish`] does the same and reports errors.
+pub struct StreamWriter {
+    id: u32,
+    session: Arc<Shared>,
+    path: OutPath,
+    written: u64,
+    finished: bool,
+}
+
+impl StreamWriter {
+    /// The stream id on this connection.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// True when the bytes go through shared memory, false on the socket path.
+    pub fn is_shm(&self) -> bool {
+        matches!(self.path, OutPath::Shm { .. })
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Non-blocking write: the count accepted; `Ok(0)` for a non-empty `buf` is
+    /// backpressure (the ring or credit window is full), never an error.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the reader is gone or the connection ended;
+    /// [`Error::Corrupt`] on impossible ring cursors.
+    pub fn try_write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        let n = match &mut self.path {
+            OutPath::Shm { w, ends } => {
+                let n = w.write(buf).map_err(Error::from)?;
+                if n > 0 && w.reader_wants_doorbell() {
+                    ends.data.ring();
+                }
+                n
+            }
+            OutPath::Socket => {
+                let s = &self.session;
+                let st = s.lock();
+                let consumed = match st.streams.get(&self.id) {
+                    Some(Slot::Out {
+                        reader_done: false,
+                        consumed,
+                        ..
+                    }) => *consumed,
+                    _ => return Err(Error::Closed("the reader closed the stream".into())),
+                };
+                if let Some(why) = &st.gone {
+                    return Err(Error::Closed(why.clone()));
+                }
+                drop(st);
+                let window = u64::from(s.opts.capacity);
+                let credit = window.saturating_sub(self.written - consumed);
+                let n = (credit as usize).min(buf.len()).min(s.chunk);
+                if n > 0 {
+                    s.send(Msg::StreamData(StreamData {
+                        stream_id: self.id,
+                        offset: self.written,
+                        data: buf[..n].to_vec(),
+                    }))?;
+                }
+                n
+            }
+        };
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    /// Blocking write: waits (spin, then park) until at least one byte is accepted.
+    ///
+    /// # Errors
+    /// As [`StreamWriter::try_write`].
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let spin_until = Instant::now() + self.session.opts.spin;
+        loop {
+            let n = self.try_write(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            match &mut self.path {
+                OutPath::Shm { w, ends } => {
+                    if w.park() {
+                        ends.space.wait(PARK_SLICE);
+                        w.unpark();
+                    }
+                }
+                OutPath::Socket => {
+                    let st = self.session.lock();
+                    drop(self.session.wait(st));
+                }
+            }
+        }
+    }
+
+    /// Writes all of `buf`, blocking as needed.
+    ///
+    /// # Errors
+    /// As [`StreamWriter::try_write`].
+    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            let n = self.write(buf)?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the reader sees end of stream once it has read every byte.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection ended (the reader may not get the end).
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.end()
+    }
+
+    /// Ends the stream and waits at most `timeout` until the reader has read everything
+    /// and closed its half.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection ended first; [`Error::Timeout`].
+    pub fn finish_and_wait(mut self, timeout: Duration) -> Result<(), Error> {
+        self.end()?;
+        let s = self.session.clone();
+        let deadline = Instant::now() + timeout;
+        let mut st = s.lock();
+        loop {
+            match st.streams.get(&self.id) {
+                Some(Slot::Out {
+                    reader_done: true, ..
+                })
+                | None => return Ok(()),
+                _ => {}
+            }
+            if let Some(why) = &st.gone {
+                return Err(Error::Closed(why.clone()));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(
+                    "the reader did not finish the stream".into(),
+                ));
+            }
+            st = s.wait(st);
+        }
+    }
+
+    fn end(&mut self) -> Result<(), Error> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        if let OutPath::Shm { w, ends } = &self.path {
+            w.finish();
+            // Always ring: a reader between its check and its park sees the flag or this.
+            ends.data.ring();
+        }
+        self.session.send(Msg::StreamClose(StreamClose {
+            stream_id: self.id,
+            total: self.written,
+        }))
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        let _ = self.end();
+        let mut st = self.session.lock();
+        if let Some(Slot::Out { shm, .. }) = st.streams.remove(&self.id)
+            && shm.is_some()
+        {
+            st.shm_in_use -= 1;
+        }
+    }
+}
+
+impl std::io::Write for StreamWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        StreamWriter::write(self, buf).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum InPath {
+    Shm {
+        r: relay_ring::Reader,
+        ends: ShmEnds,
+    },
+    Socket,
+}
+
+/// The reading half of a stream. Dropping it tells the writer (its writes then fail with
+/// `Closed`).
+pub struct StreamReader {
+    id: u32,
+    session: Arc<Shared>,
+    path: InPath,
+    read: u64,
+    credited: u64,
+    closed: bool,
+}
+
+impl StreamReader {
+    /// The stream id on this connection.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// True when the bytes come through shared memory, false on the socket path.
+    pub fn is_shm(&self) -> bool {
+        matches!(self.path, InPath::Shm { .. })
+    }
+
+    /// Non-blocking read: `Data(n)`, `Pending` (open and empty, or `buf` empty), or `Eof`
+    /// (the writer finished and everything was read; sticky).
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`] when the writer's connection ended before it finished (the
+    /// bytes before that were read); [`Error::Corrupt`] on impossible cursors or
+    /// out-of-order socket data.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Read, Error> {
+        let got = match &mut self.path {
+            InPath::Shm { r, ends } => {
+                let got = r.read(buf).map_err(Error::from)?;
+                if matches!(got, Read::Data(_)) && r.writer_wants_doorbell() {
+                    ends.space.ring();
+                }
+                got
+            }
+            InPath::Socket => {
+                let mut st = self.session.lock();
+                let gone = st.gone.is_some();
+                let Some(Slot::In {
+                    buf: q,
+                    total,
+                    broken,
+                    ..
+                }) = st.streams.get_mut(&self.id)
+                else {
+                    return Err(Error::InvalidHandle(self.id));
+                };
+                if let Some(why) = broken {
+                    return Err(Error::Corrupt(why.clone()));
+                }
+                if !q.is_empty() && !buf.is_empty() {
+                    let n = q.len().min(buf.len());
+                    for (dst, src) in buf.iter_mut().zip(q.drain(..n)) {
+                        *dst = src;
+                    }
+                    Read::Data(n)
+                } else if q.is_empty() && *total == Some(self.read) {
+                    Read::Eof
+                } else if q.is_empty() && total.is_none() && gone {
+                    return Err(Error::WriterGone);
+                } else {
+                    Read::Pending
+                }
+            }
+        };
+        if let Read::Data(n) = got {
+            self.read += n as u64;
+            if matches!(self.path, InPath::Socket)
+                && self.read - self.credited >= u64::from(self.session.opts.capacity) / 4
+            {
+                self.credited = self.read;
+                self.session.send(Msg::StreamData(StreamData {
+                    stream_id: self.id,
+                    offset: self.read,
+                    data: Vec::new(),
+                }))?;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Blocking read: waits (spin, then park) for data; `Ok(0)` at end of stream.
+    ///
+    /// # Errors
+    /// As [`StreamReader::try_read`].
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let spin_until = Instant::now() + self.session.opts.spin;
+        loop {
+            match self.try_read(buf)? {
+                Read::Data(n) => return Ok(n),
+                Read::Eof => return Ok(0),
+                Read::Pending => {}
+            }
+            if Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            match &mut self.path {
+                InPath::Shm { r, ends } => {
+                    if r.park() {
+                        ends.data.wait(PARK_SLICE);
+                        r.unpark();
+                    }
+                }
+                InPath::Socket => {
+                    let st = self.session.lock();
+                    drop(self.session.wait(st));
+                }
+            }
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if let InPath::Shm { r, ends } = &self.path {
+            r.close();
+            ends.space.ring();
+        }
+        let _ = self.session.send(Msg::StreamClose(StreamClose {
+            stream_id: self.id,
+            total: self.read,
+        }));
+        let mut st = self.session.lock();
+        if let Some(Slot::In { shm, .. }) = st.streams.remove(&self.id)
+            && shm.is_some()
+        {
+            st.shm_in_use -= 1;
+        }
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl std::io::Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        StreamReader::read(self, buf).map_err(std::io::Error::from)
+    }
+}
