@@ -23,6 +23,7 @@ mod output;
 mod register;
 mod roster;
 mod send;
+mod shm_peer;
 mod status;
 mod stream;
 mod wait;
@@ -136,6 +137,9 @@ pub enum Command {
     /// Internal: a supervisor parent for tests (prints its child's pid, then waits).
     #[command(hide = true, name = "supervisor-parent")]
     SupervisorParent,
+    /// Internal: the peer process of stream and frame tests, demo and bench.
+    #[command(hide = true, name = "shm-peer")]
+    ShmPeer(shm_peer::Args),
     /// Internal: a benchmark child process.
     #[command(hide = true, name = "bench-child")]
     BenchChild(bench::ChildArgs),
@@ -267,6 +271,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Inbox(a) => inbox::run(&ctx, a),
         Command::Listen(a) => listen::run(&ctx, a),
         Command::Stream(a) => stream::run(&ctx, a),
+        Command::ShmPeer(a) => shm_peer::run(a),
         Command::Ack(a) => ack::run(&ctx, a),
         Command::Wait(a) => wait::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),

@@ -165,9 +165,9 @@ impl FrameWriter {
         self.geometry
     }
 
-    /// Fills a free slot with `fill` (given the frame's bytes, `geometry.frame_len()` of
-    /// them) and publishes it. Returns the new frame id (1, 2, …).
-    pub fn publish(&mut self, fill: impl FnOnce(&mut [u8])) -> u64 {
+    /// Fills a free slot with `fill` (given the new frame's id — 1, 2, … — and its bytes,
+    /// `geometry.frame_len()` of them) and publishes it. Returns the frame id.
+    pub fn publish(&mut self, fill: impl FnOnce(u64, &mut [u8])) -> u64 {
         let h = self.shared.header();
         let latest = h.latest.load(Ordering::SeqCst);
         let held = h.reading.load(Ordering::SeqCst);
@@ -179,8 +179,8 @@ impl FrameWriter {
         let buf = unsafe {
             std::slice::from_raw_parts_mut(self.shared.slot_ptr(slot), self.geometry.frame_len())
         };
-        fill(buf);
         let id = self.next_id;
+        fill(id, buf);
         self.next_id += 1;
         h.latest.store(id << 2 | slot, Ordering::SeqCst);
         id

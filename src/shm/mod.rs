@@ -8,6 +8,7 @@
 
 pub mod frames;
 pub mod memory;
+pub mod patterns;
 pub mod stream;
 
 pub use stream::{Options, Session, StreamReader, StreamWriter};

@@ -343,7 +343,7 @@ impl Session {
             path,
             read: 0,
             credited: 0,
-            closed: false,
+            told_writer: false,
         })
     }
 
@@ -782,7 +782,9 @@ pub struct StreamReader {
     path: InPath,
     read: u64,
     credited: u64,
-    closed: bool,
+    /// StreamClose was sent: at end of stream (so `finish_and_wait` returns as soon as the
+    /// last byte is read) or when the reader drops.
+    told_writer: bool,
 }
 
 impl StreamReader {
@@ -842,6 +844,9 @@ impl StreamReader {
                 }
             }
         };
+        if got == Read::Eof {
+            self.tell_writer();
+        }
         if let Read::Data(n) = got {
             self.read += n as u64;
             if matches!(self.path, InPath::Socket)
@@ -897,19 +902,24 @@ impl StreamReader {
         self.read
     }
 
-    fn close(&mut self) {
-        if self.closed {
+    /// Sends StreamClose once: the reader is done (at end of stream) or gone (dropped).
+    fn tell_writer(&mut self) {
+        if self.told_writer {
             return;
         }
-        self.closed = true;
-        if let InPath::Shm { r, ends } = &self.path {
-            r.close();
-            ends.space.ring();
-        }
+        self.told_writer = true;
         let _ = self.session.send(Msg::StreamClose(StreamClose {
             stream_id: self.id,
             total: self.read,
         }));
+    }
+
+    fn close(&mut self) {
+        if let InPath::Shm { r, ends } = &self.path {
+            r.close();
+            ends.space.ring();
+        }
+        self.tell_writer();
         let mut st = self.session.lock();
         if let Some(Slot::In { shm, .. }) = st.streams.remove(&self.id)
             && shm.is_some()
