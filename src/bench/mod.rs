@@ -5,6 +5,7 @@
 pub mod hook;
 pub mod mailbox;
 pub mod rtt;
+pub mod stream;
 pub mod throughput;
 
 use std::path::Path;

@@ -51,9 +51,9 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How one row is run: CPUs of parent and child, and the spin window.
 #[derive(Debug, Clone, Copy)]
-struct Layout {
-    cpus: (usize, usize),
-    spin: Duration,
+pub(crate) struct Layout {
+    pub(crate) cpus: (usize, usize),
+    pub(crate) spin: Duration,
 }
 
 impl Layout {
@@ -102,7 +102,7 @@ fn relay_rtt(
     Ok(rec.latency())
 }
 
-fn raw_rtt(
+pub(crate) fn raw_rtt(
     dir: &Path,
     n: usize,
     size: usize,

@@ -27,6 +27,9 @@ pub enum What {
     /// One-way messages per second over the framed protocol and a raw socket, 64 B and
     /// 4 KiB bodies, with and without batching.
     Throughput(ThroughputArgs),
+    /// Shared-memory stream throughput (4 KiB, 64 KiB, 1 MiB writes) against memcpy and a
+    /// Unix socket, and 64-byte round trips with spin-then-park and park only.
+    Stream(StreamArgs),
     /// Cost of one agent hook process (cold start included), with /bin/true and
     /// `relay --version` as baselines.
     Hook(HookArgs),
@@ -58,6 +61,20 @@ pub struct ThroughputArgs {
     pub n: u32,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "bench/results/throughput.md")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `relay bench stream`.
+#[derive(Debug, clap::Args)]
+pub struct StreamArgs {
+    /// MiB moved per throughput row.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub mib: u64,
+    /// Round trips per latency row.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
+    pub n: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/stream.md")]
     pub out: PathBuf,
 }
 
@@ -140,6 +157,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         What::Hook(h) => return run_hook(ctx, h),
         What::Rtt(r) => return run_rtt(ctx, r),
         What::Throughput(t) => return run_throughput(ctx, t),
+        What::Stream(t) => return run_stream(ctx, t),
     };
     let bar = if ctx.json {
         ProgressBar::hidden()
@@ -189,6 +207,19 @@ fn measure<R: serde::Serialize>(
     Ok(EXIT_OK)
 }
 
+fn run_stream(ctx: &Ctx, a: StreamArgs) -> anyhow::Result<u8> {
+    use crate::bench::stream;
+    let steps = 9 + 4 * u64::from(a.n).div_ceil(1000);
+    measure(
+        ctx,
+        &a.out,
+        steps,
+        "stream rows",
+        |tick| stream::run(a.mib << 20, a.n as usize, tick),
+        stream::markdown,
+    )
+}
+
 fn run_throughput(ctx: &Ctx, a: ThroughputArgs) -> anyhow::Result<u8> {
     use crate::bench::throughput;
     measure(
@@ -231,6 +262,9 @@ fn run_hook(ctx: &Ctx, a: HookArgs) -> anyhow::Result<u8> {
 }
 
 pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
+    if let Some(c) = a.cpu {
+        bench::pin_to_cpu(c);
+    }
     match a.role {
         Role::Waiter => {
             let store = ctx.store()?;

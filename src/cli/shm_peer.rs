@@ -29,6 +29,9 @@ pub enum Role {
     WriteThenHang,
     /// Echo: accept one stream and open one back; copy every byte (stream round trips).
     Echo,
+    /// Accept streams and read each to its end without looking at the bytes (benchmarks);
+    /// print `{id, bytes, shm}` per stream.
+    Drain,
     /// Publish `--count` frames of `--width`×`--height` RGBA8 after a line on stdin;
     /// first prints the buffer's `/proc/<pid>/fd/<n>` path.
     PublishFrames,
@@ -67,6 +70,9 @@ pub struct Args {
     /// Spin before parking, µs.
     #[arg(long, default_value_t = 50)]
     pub spin_us: u64,
+    /// Pin to this CPU (benchmarks).
+    #[arg(long)]
+    pub cpu: Option<usize>,
 }
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -96,6 +102,9 @@ fn line(v: serde_json::Value) {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<u8> {
+    if let Some(c) = a.cpu {
+        crate::bench::pin_to_cpu(c);
+    }
     let socket = || {
         a.socket
             .clone()
@@ -124,6 +133,14 @@ pub(crate) fn run(a: Args) -> anyhow::Result<u8> {
             }
             for t in readers {
                 let _ = t.join();
+            }
+        }
+        Role::Drain => {
+            let s = dial(&socket()?, &a)?;
+            while let Ok(mut r) = s.accept(DEADLINE) {
+                let mut buf = vec![0u8; 1 << 20];
+                while r.read(&mut buf)? > 0 {}
+                line(json!({"id": r.id(), "bytes": r.position(), "shm": r.is_shm()}));
             }
         }
         Role::Forward => {

@@ -831,9 +831,11 @@ impl StreamReader {
                 }
                 if !q.is_empty() && !buf.is_empty() {
                     let n = q.len().min(buf.len());
-                    for (dst, src) in buf.iter_mut().zip(q.drain(..n)) {
-                        *dst = src;
-                    }
+                    let (front, back) = q.as_slices();
+                    let k = front.len().min(n);
+                    buf[..k].copy_from_slice(&front[..k]);
+                    buf[k..n].copy_from_slice(&back[..n - k]);
+                    q.drain(..n);
                     Read::Data(n)
                 } else if q.is_empty() && *total == Some(self.read) {
                     Read::Eof
