@@ -13,6 +13,9 @@
 //!    one gets it through its mailbox; a supervisor kills its child and measures detection
 //!    and recovery (see `demo_live.rs`).
 //!
+//! 5. **Shared memory** — the same large transfer over a shared-memory stream and over the
+//!    socket fallback, sha256 checked; a frame publisher and reader (see `demo_stream.rs`).
+//!
 //! The summary counts sent, delivered, acked, lost and duplicated messages and the
 //! send→receive latency; exit status 0 only when nothing was lost.
 
@@ -278,6 +281,8 @@ struct Summary {
     agents: super::demo_agents::AgentsOutcome,
     #[serde(flatten)]
     live: super::demo_live::LiveOutcome,
+    #[serde(flatten)]
+    stream: super::demo_stream::StreamOutcome,
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
@@ -397,6 +402,13 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     );
     let live = super::demo_live::run(&store, &config.home, &say)?;
 
+    // 5. Shared memory.
+    say(
+        "\n5. shared memory: one transfer over an shm stream and over the socket fallback; frames"
+            .into(),
+    );
+    let stream = super::demo_stream::run(tmp.path(), &say)?;
+
     let unique: HashSet<&String> = received.iter().collect();
     let mut s = Summary {
         conversation_rounds: a.rounds,
@@ -412,6 +424,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         throughput_msgs_per_s: received.len() as f64 / burst.as_secs_f64().max(1e-9),
         agents,
         live,
+        stream,
         ..Summary::default()
     };
     // Receipts, read back from the store: what a sender would be told.
@@ -423,53 +436,79 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     if sent_ids.len() as u64 != total {
         s.lost += total - sent_ids.len() as u64;
     }
-    output::emit_outcome(ctx.json, &s, s.lost == 0, || {
-        format!(
-            "\nsummary\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
-            "messages sent",
-            s.sent,
-            "delivered",
-            s.delivered,
-            "acked",
-            s.acked,
-            "lost",
-            s.lost,
-            "duplicated",
-            s.duplicated,
-            "send→receive p50",
-            format!("{} µs", s.latency_p50_us),
-            "send→receive p99",
-            format!("{} µs", s.latency_p99_us),
-            "send→receive max",
-            format!("{} µs", s.latency_max_us),
-            "throughput (msgs/s)",
-            s.throughput_msgs_per_s,
-            "conversation RTT p50",
-            format!("{} µs", s.conversation_rtt_p50_us),
-        ) + &format!(
-            "\n   {:<28} {:>12}\n   {:<28} {:>12}",
-            "mail delivered by hooks",
-            s.agents.hook_deliveries,
-            "idle sessions nudged (Stop)",
-            s.agents.stop_nudges,
-        ) + &format!(
-            "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
-            "routes live / mailbox",
-            format!("{} / {}", s.live.live_sent, s.live.mailbox_sent),
-            "live send p50",
-            format!("{} µs", s.live.live_send_p50_us),
-            "child crash noticed in",
-            format!("{} µs", s.live.supervise_detect_us),
-            "child recovered in",
-            format!("{} µs", s.live.supervise_recover_us),
-        )
-    });
+    output::emit_outcome(
+        ctx.json,
+        &s,
+        s.lost == 0 && s.stream.sha256_match && s.stream.frames_torn == 0,
+        || {
+            format!(
+                "\nsummary\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12.0}\n   {:<28} {:>12}",
+                "messages sent",
+                s.sent,
+                "delivered",
+                s.delivered,
+                "acked",
+                s.acked,
+                "lost",
+                s.lost,
+                "duplicated",
+                s.duplicated,
+                "send→receive p50",
+                format!("{} µs", s.latency_p50_us),
+                "send→receive p99",
+                format!("{} µs", s.latency_p99_us),
+                "send→receive max",
+                format!("{} µs", s.latency_max_us),
+                "throughput (msgs/s)",
+                s.throughput_msgs_per_s,
+                "conversation RTT p50",
+                format!("{} µs", s.conversation_rtt_p50_us),
+            ) + &format!(
+                "\n   {:<28} {:>12}\n   {:<28} {:>12}",
+                "mail delivered by hooks",
+                s.agents.hook_deliveries,
+                "idle sessions nudged (Stop)",
+                s.agents.stop_nudges,
+            ) + &format!(
+                "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
+                "routes live / mailbox",
+                format!("{} / {}", s.live.live_sent, s.live.mailbox_sent),
+                "live send p50",
+                format!("{} µs", s.live.live_send_p50_us),
+                "child crash noticed in",
+                format!("{} µs", s.live.supervise_detect_us),
+                "child recovered in",
+                format!("{} µs", s.live.supervise_recover_us),
+            ) + &format!(
+                "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
+                "stream MB/s shm / socket",
+                format!(
+                    "{:.0} / {:.0}",
+                    s.stream.shm_mb_per_s, s.stream.socket_mb_per_s
+                ),
+                "stream sha256",
+                if s.stream.sha256_match {
+                    "matches"
+                } else {
+                    "DIFFERS"
+                },
+                "frames/s published",
+                format!("{:.0}", s.stream.frames_per_s),
+                "frames read / torn",
+                format!("{} / {}", s.stream.frames_read, s.stream.frames_torn),
+            )
+        },
+    );
     if a.keep {
         let kept = tmp.keep();
         say(format!("kept {}", kept.display()));
     }
     if s.lost > 0 {
         eprintln!("relay demo: {} message(s) lost", s.lost);
+        return Ok(EXIT_FAILURE);
+    }
+    if !s.stream.sha256_match || s.stream.frames_torn > 0 {
+        eprintln!("relay demo: a stream arrived changed or a frame was torn");
         return Ok(EXIT_FAILURE);
     }
     Ok(EXIT_OK)

@@ -11,6 +11,7 @@ mod bench;
 mod demo;
 mod demo_agents;
 mod demo_live;
+mod demo_stream;
 mod discover;
 mod doctor;
 mod gc;

@@ -68,10 +68,22 @@ impl Default for Options {
     }
 }
 
-/// Streams over one connection. Cheap to clone; the connection closes when the peer does.
+/// Streams over one connection. Cheap to clone. The connection is shut down when the last
+/// clone and the last stream half drop (or when the peer closes it).
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
+    guard: Arc<CloseOnDrop>,
+}
+
+/// Shuts the socket down when the last user-facing handle (session or stream half) drops;
+/// the demultiplexer then sees end of stream and exits, and so does the peer's.
+struct CloseOnDrop(std::os::unix::net::UnixStream);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 struct Shared {
@@ -146,11 +158,12 @@ impl Session {
             opts,
             chunk: (max_frame as usize).saturating_sub(64).clamp(1, MAX_CHUNK),
         });
+        let guard = Arc::new(CloseOnDrop(conn.stream().try_clone()?));
         let demux = shared.clone();
         std::thread::Builder::new()
             .name("relay-streams".into())
             .spawn(move || demux.run(conn))?;
-        Ok(Session { shared })
+        Ok(Session { shared, guard })
     }
 
     /// Opens a stream to the peer, which becomes its reader. Shared memory when both sides
@@ -255,6 +268,7 @@ impl Session {
             }
         };
         Ok(StreamWriter {
+            _guard: self.guard.clone(),
             id,
             session: s.clone(),
             path,
@@ -338,6 +352,7 @@ impl Session {
             _ => return Err(Error::InvalidHandle(id)),
         };
         Ok(StreamReader {
+            _guard: self.guard.clone(),
             id,
             session: self.shared.clone(),
             path,
@@ -574,6 +589,7 @@ enum OutPath {
 /// The writing half of a stream. Dropping it finishes the stream (the reader sees end of
 /// stream after the drain); [`StreamWriter::finish`] does the same and reports errors.
 pub struct StreamWriter {
+    _guard: Arc<CloseOnDrop>,
     id: u32,
     session: Arc<Shared>,
     path: OutPath,
@@ -777,6 +793,7 @@ enum InPath {
 /// The reading half of a stream. Dropping it tells the writer (its writes then fail with
 /// `Closed`).
 pub struct StreamReader {
+    _guard: Arc<CloseOnDrop>,
     id: u32,
     session: Arc<Shared>,
     path: InPath,
