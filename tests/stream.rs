@@ -474,3 +474,38 @@ fn peer_stdin(p: &Peer) -> std::fs::File {
         .unwrap();
     std::fs::File::from(fd)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_adapters_carry_every_byte_on_both_paths() {
+    use relay::shm::{AsyncStreamReader, AsyncStreamWriter};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for slots in [64, 0] {
+        let opts = Options {
+            slots,
+            capacity: 64 * 1024,
+            ..Options::default()
+        };
+        let (a, b) = pair(opts);
+        let w = a.open().unwrap();
+        let r = tokio::task::spawn_blocking(move || b.accept(DEADLINE).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(w.is_shm(), slots > 0);
+        let data = patterned(3_000_000);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut w = AsyncStreamWriter::new(w);
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+            w
+        });
+        let mut r = AsyncStreamReader::new(r);
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, r.read_to_end(&mut got))
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert!(got == data, "every byte in order (slots {slots})");
+        writer.await.unwrap();
+    }
+}

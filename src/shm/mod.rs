@@ -6,11 +6,13 @@
 //! The ring protocol itself lives in the `relay-ring` crate so loom can model-check it
 //! without compiling the rest of relay under `--cfg loom`.
 
+pub mod async_io;
 pub mod frames;
 pub mod memory;
 pub mod patterns;
 pub mod stream;
 
+pub use async_io::{AsyncStreamReader, AsyncStreamWriter};
 pub use stream::{Options, Session, StreamReader, StreamWriter};
 
 /// What went wrong with a stream or frame buffer.

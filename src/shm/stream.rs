@@ -112,6 +112,9 @@ enum Slot {
     /// We read it.
     In {
         shm: Option<ShmEnds>,
+        /// Rung whenever something arrives for this stream or the connection ends (async
+        /// readers poll it; socket path).
+        bell: Arc<Doorbell>,
         buf: VecDeque<u8>,
         received: u64,
         total: Option<u64>,
@@ -120,9 +123,19 @@ enum Slot {
     /// We write it.
     Out {
         shm: Option<ShmEnds>,
+        /// Rung on credit, on the reader's close and when the connection ends.
+        bell: Arc<Doorbell>,
         consumed: u64,
         reader_done: bool,
     },
+}
+
+impl Slot {
+    fn bell(&self) -> &Arc<Doorbell> {
+        match self {
+            Slot::In { bell, .. } | Slot::Out { bell, .. } => bell,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -176,6 +189,7 @@ impl Session {
     pub fn open(&self) -> Result<StreamWriter, Error> {
         let s = &self.shared;
         let cap = s.opts.capacity;
+        let bell = Arc::new(Doorbell::new()?);
         let (id, want_shm) = {
             let mut st = s.lock();
             if let Some(why) = &st.gone {
@@ -191,6 +205,7 @@ impl Session {
                 id,
                 Slot::Out {
                     shm: None,
+                    bell: bell.clone(),
                     consumed: 0,
                     reader_done: false,
                 },
@@ -269,6 +284,7 @@ impl Session {
         };
         Ok(StreamWriter {
             _guard: self.guard.clone(),
+            bell,
             id,
             session: s.clone(),
             path,
@@ -343,16 +359,24 @@ impl Session {
     pub fn reader(&self, id: u32) -> Result<StreamReader, Error> {
         let mut st = self.shared.lock();
         st.incoming.retain(|i| *i != id);
-        let path = match st.streams.get(&id) {
-            Some(Slot::In { shm: Some(e), .. }) => InPath::Shm {
-                r: e.ring.clone().reader(),
-                ends: e.clone(),
-            },
-            Some(Slot::In { shm: None, .. }) => InPath::Socket,
+        let (path, bell) = match st.streams.get(&id) {
+            Some(Slot::In {
+                shm: Some(e), bell, ..
+            }) => (
+                InPath::Shm {
+                    r: e.ring.clone().reader(),
+                    ends: e.clone(),
+                },
+                bell.clone(),
+            ),
+            Some(Slot::In {
+                shm: None, bell, ..
+            }) => (InPath::Socket, bell.clone()),
             _ => return Err(Error::InvalidHandle(id)),
         };
         Ok(StreamReader {
             _guard: self.guard.clone(),
+            bell,
             id,
             session: self.shared.clone(),
             path,
@@ -406,6 +430,7 @@ impl Shared {
         st.gone = Some(why);
         // Wake every shared-memory half: its peer cannot make progress any more.
         for slot in st.streams.values() {
+            slot.bell().ring();
             match slot {
                 Slot::In { shm: Some(e), .. } => {
                     e.ring.mark(relay_ring::WRITER_GONE);
@@ -438,9 +463,11 @@ impl Shared {
                         buf,
                         received,
                         broken,
+                        bell,
                         shm: None,
                         ..
                     }) => {
+                        bell.ring();
                         if d.offset != *received {
                             *broken = Some(format!(
                                 "stream data at offset {} where {} was expected",
@@ -451,8 +478,9 @@ impl Shared {
                             buf.extend(d.data);
                         }
                     }
-                    Some(Slot::Out { consumed, .. }) if d.data.is_empty() => {
+                    Some(Slot::Out { consumed, bell, .. }) if d.data.is_empty() => {
                         *consumed = (*consumed).max(d.offset);
+                        bell.ring();
                     }
                     // A credit for a stream we finished and dropped: nothing to do.
                     None if d.data.is_empty() => {}
@@ -471,8 +499,16 @@ impl Shared {
             Msg::StreamClose(c) => {
                 let mut st = self.lock();
                 match st.streams.get_mut(&c.stream_id) {
-                    Some(Slot::In { total, .. }) => *total = Some(c.total),
-                    Some(Slot::Out { reader_done, .. }) => *reader_done = true,
+                    Some(Slot::In { total, bell, .. }) => {
+                        *total = Some(c.total);
+                        bell.ring();
+                    }
+                    Some(Slot::Out {
+                        reader_done, bell, ..
+                    }) => {
+                        *reader_done = true;
+                        bell.ring();
+                    }
                     // A close crossing ours: the stream is already gone here.
                     None => {}
                 }
@@ -538,6 +574,7 @@ impl Shared {
             id,
             Slot::In {
                 shm: ends,
+                bell: Arc::new(Doorbell::new()?),
                 buf: VecDeque::new(),
                 received: 0,
                 total: None,
@@ -590,6 +627,7 @@ enum OutPath {
 /// stream after the drain); [`StreamWriter::finish`] does the same and reports errors.
 pub struct StreamWriter {
     _guard: Arc<CloseOnDrop>,
+    bell: Arc<Doorbell>,
     id: u32,
     session: Arc<Shared>,
     path: OutPath,
@@ -611,6 +649,30 @@ impl StreamWriter {
     /// Bytes accepted so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// The eventfd an async writer polls for space, and whether it may park now (see
+    /// [`StreamReader::arm`]). `None`: space appeared meanwhile, write again.
+    pub(crate) fn arm(&mut self) -> Option<Arc<Doorbell>> {
+        match &mut self.path {
+            OutPath::Shm { w, ends } => w.park().then(|| ends.space.clone()),
+            OutPath::Socket => Some(self.bell.clone()),
+        }
+    }
+
+    /// Clears the parked flag after a wake-up.
+    pub(crate) fn disarm(&mut self) {
+        if let OutPath::Shm { w, .. } = &self.path {
+            w.unpark();
+        }
+    }
+
+    /// Ends the stream without waiting (for async shutdown).
+    ///
+    /// # Errors
+    /// As [`StreamWriter::finish`].
+    pub(crate) fn end_now(&mut self) -> Result<(), Error> {
+        self.end()
     }
 
     /// Non-blocking write: the count accepted; `Ok(0)` for a non-empty `buf` is
@@ -794,6 +856,7 @@ enum InPath {
 /// `Closed`).
 pub struct StreamReader {
     _guard: Arc<CloseOnDrop>,
+    bell: Arc<Doorbell>,
     id: u32,
     session: Arc<Shared>,
     path: InPath,
@@ -919,6 +982,24 @@ impl StreamReader {
     /// Bytes read so far.
     pub fn position(&self) -> u64 {
         self.read
+    }
+
+    /// The eventfd an async reader polls, and whether it may park now: on the shm path the
+    /// writer's data doorbell (rung only while our parked flag is set, which this sets), on
+    /// the socket path this stream's own bell (rung on every arrival). `None`: data or the
+    /// end appeared meanwhile, read again instead of parking.
+    pub(crate) fn arm(&mut self) -> Option<Arc<Doorbell>> {
+        match &mut self.path {
+            InPath::Shm { r, ends } => r.park().then(|| ends.data.clone()),
+            InPath::Socket => Some(self.bell.clone()),
+        }
+    }
+
+    /// Clears the parked flag after a wake-up.
+    pub(crate) fn disarm(&mut self) {
+        if let InPath::Shm { r, .. } = &self.path {
+            r.unpark();
+        }
     }
 
     /// Sends StreamClose once: the reader is done (at end of stream) or gone (dropped).
