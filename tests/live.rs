@@ -290,3 +290,37 @@ fn the_reply_frame_comes_back_on_the_delivering_connection() {
     l.child.kill().unwrap();
     l.child.wait().unwrap();
 }
+
+#[test]
+fn a_sender_that_stops_answering_heartbeats_is_disconnected_after_three() {
+    use relay::transport::{Connection, Local, handshake};
+    use relay::wire::Msg;
+    let h = Home::new();
+    let b = h.register("b");
+    let mut l = listen(&h, "b", &b);
+    let sock = runtime(&h).join(format!("{b}.sock"));
+    let mut conn = Connection::new(std::os::unix::net::UnixStream::connect(&sock).unwrap());
+    conn.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut me = Local::new("silent");
+    me.heartbeat_ms = 100;
+    handshake::dial(&mut conn, &me).unwrap();
+    // Never answer: count the pings until the listener hangs up (end of stream, not our
+    // own read timeout).
+    let mut pings = 0;
+    loop {
+        match conn.read_frame() {
+            Ok(Some(f)) => {
+                assert!(matches!(f.msg, Msg::Ping(_)), "only pings: {:?}", f.msg);
+                pings += 1;
+            }
+            Ok(None) => break,
+            Err(e) => panic!("expected the listener to close the connection, got {e}"),
+        }
+    }
+    assert!(
+        (3..=4).contains(&pings),
+        "closed after {pings} unanswered pings"
+    );
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}

@@ -239,8 +239,40 @@ fn serve(
     answerer: Option<&Answerer>,
     me: &str,
 ) -> Result<(), transport::Error> {
-    handshake::accept(&mut conn, local)?;
-    while let Some(frame) = conn.read_frame()? {
+    let agreed = handshake::accept(&mut conn, local)?;
+    // Heartbeats (DESIGN.md §6): a Ping after each interval of silence; a peer that leaves
+    // 3 in a row unanswered is declared dead and its connection closed.
+    let interval = Duration::from_millis(u64::from(agreed.heartbeat_ms).max(100));
+    conn.set_read_timeout(Some(interval))?;
+    let (mut missed, mut outstanding, mut nonce) = (0u32, false, 0u64);
+    loop {
+        let frame = match conn.read_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(transport::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if outstanding {
+                    missed += 1;
+                    if missed >= transport::supervise::MISSED_PINGS {
+                        return Err(transport::Error::Protocol(format!(
+                            "the peer left {missed} heartbeats unanswered; closed"
+                        )));
+                    }
+                }
+                nonce += 1;
+                conn.write_frame(Msg::Ping(crate::wire::catalogue::Ping { nonce }))?;
+                outstanding = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Any frame shows the peer is alive.
+        missed = 0;
+        outstanding = false;
         match frame.msg {
             Msg::Deliver(d) => {
                 let m = from_deliver(d, me);
@@ -272,5 +304,4 @@ fn serve(
             }
         }
     }
-    Ok(())
 }
