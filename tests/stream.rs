@@ -509,3 +509,106 @@ async fn tokio_adapters_carry_every_byte_on_both_paths() {
         writer.await.unwrap();
     }
 }
+
+#[test]
+fn different_windows_on_each_side_do_not_stall_the_socket_path() {
+    // The writer's window is 64 KiB, the reader's default 1 MiB: credit must follow the
+    // window the writer announced, or both wait for each other.
+    let (x, y) = UnixStream::pair().unwrap();
+    let small = Options {
+        slots: 0,
+        capacity: 64 * 1024,
+        ..Options::default()
+    };
+    let big = Options {
+        slots: 0,
+        ..Options::default()
+    };
+    let a = Session::new(Connection::new(x), FD_PASSING, true, small).unwrap();
+    let b = Session::new(Connection::new(y), FD_PASSING, false, big).unwrap();
+    let data = patterned(1_000_000);
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = a.open().unwrap();
+        w.write_all(&sent).unwrap();
+        w.finish_and_wait(DEADLINE).unwrap();
+    });
+    let mut r = b.accept(DEADLINE).unwrap();
+    assert!(!r.is_shm());
+    assert!(read_to_end(&mut r) == data);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_stream_open_with_too_few_descriptors_is_rejected_and_its_descriptors_closed() {
+    let (x, y) = UnixStream::pair().unwrap();
+    let session = Session::new(Connection::new(x), ALL, false, Options::default()).unwrap();
+    let mut raw = Connection::new(y);
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    let d = relay::shm::memory::Doorbell::new().unwrap();
+    let open = |id| {
+        Msg::StreamOpen(StreamOpen {
+            stream_id: id,
+            capacity: 4096,
+            shm: true,
+        })
+    };
+    raw.send_with_fds(open(1), &[d.fd().as_fd(), d.fd().as_fd()])
+        .unwrap();
+    match raw.read_frame().unwrap().map(|f| f.msg) {
+        Some(Msg::StreamReject(r)) => assert!(r.reason.contains("3 descriptors"), "{}", r.reason),
+        other => panic!("expected StreamReject, got {other:?}"),
+    }
+    // A correct open after it is not paired with the stray descriptors.
+    use relay::shm::memory;
+    use relay_ring::{Ring, region_len};
+    let (memfd, map) = memory::create("test", region_len(4096)).unwrap();
+    let map = std::sync::Arc::new(map);
+    // SAFETY: a fresh mapping of region_len(4096) bytes, kept alive by the Arc.
+    unsafe { Ring::init(map.ptr(), map.len(), 4096, map.clone()) }.unwrap();
+    let (e1, e2) = (
+        memory::Doorbell::new().unwrap(),
+        memory::Doorbell::new().unwrap(),
+    );
+    raw.send_with_fds(open(3), &[memfd.as_fd(), e1.fd().as_fd(), e2.fd().as_fd()])
+        .unwrap();
+    match raw.read_frame().unwrap().map(|f| f.msg) {
+        Some(Msg::StreamAccept(a)) => assert!(a.shm && a.stream_id == 3),
+        other => panic!("expected StreamAccept, got {other:?}"),
+    }
+    let r = session.accept(DEADLINE).unwrap();
+    assert_eq!(r.id(), 3);
+    assert!(
+        matches!(session.reader(3), Err(Error::InvalidHandle(3))),
+        "a stream has one reader"
+    );
+}
+
+#[test]
+fn a_frame_buffer_takes_one_reader_and_refuses_a_forged_slot_length() {
+    use relay::shm::frames::FrameWriter;
+    let g = Geometry::rgba8(64, 32);
+    let w = FrameWriter::create(g).unwrap();
+    let fd = w.fd().try_clone().unwrap();
+    let first = FrameReader::open(&fd, g).unwrap();
+    match FrameReader::open(&fd, g) {
+        Err(e) => assert!(e.to_string().contains("another reader"), "{e}"),
+        Ok(_) => panic!("a second reader must be refused"),
+    }
+    drop(first);
+    drop(FrameReader::open(&fd, g).expect("free again after the first closed"));
+    // Forge the slot length (header offset 24) as a hostile publisher could.
+    let map = relay::shm::memory::map_received(&fd, 4096).unwrap();
+    // SAFETY: offset 24 is inside the 4096-byte header mapping; u64-aligned.
+    unsafe {
+        map.ptr()
+            .as_ptr()
+            .add(24)
+            .cast::<u64>()
+            .write(u64::MAX / 3 + 1)
+    };
+    match FrameReader::open(&fd, g) {
+        Err(e) => assert!(e.to_string().contains("slot length"), "{e}"),
+        Ok(_) => panic!("a forged slot length must be refused"),
+    }
+}

@@ -232,8 +232,12 @@ impl Ring {
         self.header().state.fetch_or(bits, Ordering::AcqRel);
     }
 
-    /// The writing half. Only one may exist per ring.
-    pub fn writer(self) -> Writer {
+    /// The writing half.
+    ///
+    /// # Safety
+    /// At most one `Writer` may exist for a ring, across every process mapping it: two
+    /// writers would copy into the same bytes at once.
+    pub unsafe fn writer(self) -> Writer {
         Writer {
             pos: 0,
             seen_read: 0,
@@ -242,8 +246,11 @@ impl Ring {
         }
     }
 
-    /// The reading half. Only one may exist per ring.
-    pub fn reader(self) -> Reader {
+    /// The reading half.
+    ///
+    /// # Safety
+    /// At most one `Reader` may exist for a ring, across every process mapping it.
+    pub unsafe fn reader(self) -> Reader {
         Reader {
             pos: 0,
             seen_write: 0,
@@ -298,7 +305,12 @@ impl Writer {
             return Err(Error::Corrupt(why.clone()));
         }
         let h = self.ring.header();
-        if h.state.load(Ordering::Acquire) & READER_GONE != 0 {
+        let state = h.state.load(Ordering::Acquire);
+        if state & READER_GONE != 0 {
+            return Err(Error::Closed);
+        }
+        if state & WRITER_DONE != 0 {
+            // Bytes after the end would never be read.
             return Err(Error::Closed);
         }
         if buf.is_empty() {
@@ -591,7 +603,8 @@ mod tests {
 
     fn pair(cap: u64) -> (Writer, Reader) {
         let ring = HeapRegion::ring(cap).unwrap();
-        (ring.clone().writer(), ring.reader())
+        // SAFETY: one writer and one reader for this ring.
+        unsafe { (ring.clone().writer(), ring.reader()) }
     }
 
     #[test]
@@ -642,6 +655,13 @@ mod tests {
         let mut b = [0u8; 8];
         assert_eq!(r.read(&mut b).unwrap(), Read::Data(2));
         assert_eq!(r.read(&mut b), Err(Error::WriterGone));
+    }
+
+    #[test]
+    fn writes_after_finish_are_closed() {
+        let (mut w, _r) = pair(8);
+        w.finish();
+        assert_eq!(w.write(b"x"), Err(Error::Closed));
     }
 
     #[test]
@@ -699,8 +719,8 @@ mod loom_tests {
         b.preemption_bound = Some(3);
         b.check(move || {
             let ring = HeapRegion::ring(cap).unwrap();
-            let mut w = ring.clone().writer();
-            let mut r = ring.reader();
+            // SAFETY: one writer and one reader for this ring.
+            let (mut w, mut r) = unsafe { (ring.clone().writer(), ring.reader()) };
             let t = loom::thread::spawn(move || {
                 let data: Vec<u8> = (0..total).collect();
                 let mut sent = 0;
@@ -743,8 +763,8 @@ mod loom_tests {
     fn parking_never_misses_a_doorbell() {
         loom::model(|| {
             let ring = HeapRegion::ring(8).unwrap();
-            let mut w = ring.clone().writer();
-            let mut r = ring.reader();
+            // SAFETY: one writer and one reader for this ring.
+            let (mut w, mut r) = unsafe { (ring.clone().writer(), ring.reader()) };
             let rung = std::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
             let rung2 = rung.clone();
             let t = loom::thread::spawn(move || {

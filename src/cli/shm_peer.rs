@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::EXIT_OK;
 use crate::shm::frames::{FrameWriter, Geometry};
-use crate::shm::patterns::{pattern, pixel};
+use crate::shm::patterns::{fill_frame, pattern};
 use crate::shm::{Options, Session};
 use crate::transport::{Connection, Local, handshake};
 use crate::wire::catalogue::{FD_PASSING, FRAMES, SHM_STREAMS};
@@ -198,11 +198,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<u8> {
             std::io::stdin().lock().read_line(&mut go)?;
             let started = Instant::now();
             for _ in 0..a.count {
-                fw.publish(|id, buf| {
-                    for (i, px) in buf.chunks_exact_mut(4).enumerate() {
-                        px.copy_from_slice(&pixel(id, i).to_le_bytes());
-                    }
-                });
+                fw.publish(fill_frame);
             }
             let secs = started.elapsed().as_secs_f64();
             line(json!({"published": a.count, "seconds": secs}));

@@ -42,6 +42,8 @@ struct Header {
     latest: AtomicU64,
     /// Slot the reader holds, plus one; 0 when it holds none.
     reading: AtomicU32,
+    /// 1 while a reader has the buffer open: `reading` has room for one reader only.
+    readers: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
@@ -141,6 +143,7 @@ impl FrameWriter {
             slot_len: slot_len as u64,
             latest: AtomicU64::new(0),
             reading: AtomicU32::new(0),
+            readers: AtomicU32::new(0),
         };
         // SAFETY: fresh, page-aligned mapping of at least HEADER_LEN bytes, not yet shared.
         unsafe { map.ptr().cast::<Header>().as_ptr().write(header) };
@@ -218,15 +221,25 @@ impl Drop for Frame<'_> {
     }
 }
 
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        let h = self.shared.header();
+        h.reading.store(0, Ordering::SeqCst);
+        h.readers.store(0, Ordering::SeqCst);
+    }
+}
+
 impl FrameReader {
     /// Opens a buffer from its memfd and checks it holds frames of `expected`.
     ///
     /// # Errors
     /// [`Error::Layout`] naming the mismatch (magic, version, width, height, format, size).
     pub fn open(fd: &OwnedFd, expected: Geometry) -> Result<FrameReader, Error> {
-        let map = memory::map_received(fd, HEADER_LEN)?;
-        // SAFETY: page aligned, at least HEADER_LEN bytes; plain fields are read once.
-        let h = unsafe { map.ptr().cast::<Header>().as_ref() };
+        // The header first, mapped alone: the slot length it names is the peer's word and
+        // is checked before anything beyond the header is mapped.
+        let head = memory::map_received(fd, HEADER_LEN)?;
+        // SAFETY: page aligned, HEADER_LEN bytes mapped; plain fields are read once.
+        let h = unsafe { head.ptr().cast::<Header>().as_ref() };
         if h.magic != MAGIC {
             return Err(Error::Layout(format!(
                 "magic {:#010x}, expected {MAGIC:#010x}: not a relay frame buffer",
@@ -250,20 +263,37 @@ impl FrameReader {
                 got.width, got.height, got.format, expected.width, expected.height, expected.format
             )));
         }
-        let slot_len = usize::try_from(h.slot_len).unwrap_or(usize::MAX);
-        let need = SLOTS as usize * slot_len + HEADER_LEN;
-        if slot_len < got.frame_len() || map.len() < need {
+        expected.check()?;
+        let slot_len = expected.frame_len().next_multiple_of(4096);
+        if h.slot_len != slot_len as u64 {
             return Err(Error::Layout(format!(
-                "slots of {slot_len} bytes in a {}-byte buffer cannot hold 3 frames of {}",
-                map.len(),
-                got.frame_len()
+                "slot length {} does not match {slot_len} for {}x{} frames",
+                h.slot_len, got.width, got.height
             )));
         }
+        // Bounded by MAX_SIDE, so this cannot overflow; checked anyway.
+        let need = slot_len
+            .checked_mul(SLOTS as usize)
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .ok_or_else(|| Error::Layout("frame buffer size overflows".into()))?;
+        drop(head);
+        let map = memory::map_received(fd, need)?;
+        let shared = Shared {
+            map: Arc::new(map),
+            slot_len,
+        };
+        if shared
+            .header()
+            .readers
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(Error::Layout(
+                "another reader has this frame buffer open (one reader per buffer)".into(),
+            ));
+        }
         Ok(FrameReader {
-            shared: Shared {
-                map: Arc::new(map),
-                slot_len,
-            },
+            shared,
             geometry: got,
         })
     }

@@ -64,18 +64,18 @@ pub fn create(name: &str, len: usize) -> Result<(OwnedFd, Mapping), Error> {
     Ok((fd, map))
 }
 
-/// Maps a memfd received from a peer; its size must be at least `min_len` and is mapped
-/// whole.
+/// Maps the first `len` bytes of a memfd received from a peer (exactly `len`, whatever the
+/// file's size).
 ///
 /// # Errors
 /// [`Error::Io`] when fstat or mmap fail; [`Error::Protocol`] when the file is smaller than
-/// `min_len` or could still shrink (not sealed), which would let the peer fault us.
-pub fn map_received(fd: &OwnedFd, min_len: usize) -> Result<Mapping, Error> {
+/// `len` or could still shrink (not sealed), which would let the peer fault us.
+pub fn map_received(fd: &OwnedFd, len: usize) -> Result<Mapping, Error> {
     let st = fstat(fd).map_err(io("fstat"))?;
-    let len = usize::try_from(st.st_size).unwrap_or(0);
-    if len < min_len {
+    let size = usize::try_from(st.st_size).unwrap_or(0);
+    if size < len {
         return Err(Error::Protocol(format!(
-            "shared memory of {len} bytes is smaller than the {min_len} bytes announced"
+            "shared memory of {size} bytes is smaller than the {len} bytes announced"
         )));
     }
     let seals = rustix::fs::fcntl_get_seals(fd).map_err(io("get seals"))?;
@@ -122,9 +122,23 @@ impl Doorbell {
         ))
     }
 
-    /// Wraps an eventfd received from a peer.
-    pub fn from_fd(fd: OwnedFd) -> Doorbell {
-        Doorbell(fd)
+    /// Wraps an eventfd received from a peer, after checking it is one and making it
+    /// non-blocking (a blocking descriptor would let the peer stall our waits).
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] when `fd` is not an eventfd; [`Error::Io`] when fcntl fails.
+    pub fn from_fd(fd: OwnedFd) -> Result<Doorbell, Error> {
+        use std::os::fd::AsRawFd;
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        if target.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(Error::Protocol(format!(
+                "expected an eventfd, got {}",
+                target.display()
+            )));
+        }
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(io("fcntl"))?;
+        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK).map_err(io("fcntl"))?;
+        Ok(Doorbell(fd))
     }
 
     /// The descriptor, to pass to the peer.

@@ -88,6 +88,10 @@ impl Drop for CloseOnDrop {
 
 struct Shared {
     out: Mutex<Connection>,
+    /// Frames the demultiplexer sends (accepts, rejects, pongs, errors). A separate thread
+    /// writes them, so the demultiplexer never blocks on a socket write while a stream
+    /// writer holds `out` — which, with both peers doing the same, would stop both.
+    control: Mutex<std::sync::mpsc::Sender<Msg>>,
     state: Mutex<State>,
     cond: Condvar,
     shm: bool,
@@ -119,6 +123,10 @@ enum Slot {
         received: u64,
         total: Option<u64>,
         broken: Option<String>,
+        /// The opener's window (its ring capacity): credit is returned per quarter of it.
+        window: u64,
+        /// A reader half exists (or existed): a second claim is `InvalidHandle`.
+        claimed: bool,
     },
     /// We write it.
     Out {
@@ -160,8 +168,10 @@ impl Session {
         let mut out = Connection::new(conn.stream().try_clone()?);
         let max_frame = conn.max_frame();
         out.set_max_frame(max_frame);
+        let (control_tx, control_rx) = std::sync::mpsc::channel::<Msg>();
         let shared = Arc::new(Shared {
             out: Mutex::new(out),
+            control: Mutex::new(control_tx),
             state: Mutex::new(State {
                 next_id: if dialer { 1 } else { 2 },
                 ..State::default()
@@ -176,6 +186,18 @@ impl Session {
         std::thread::Builder::new()
             .name("relay-streams".into())
             .spawn(move || demux.run(conn))?;
+        // Ends when the demultiplexer (the only sender) is gone.
+        let sender = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("relay-streams-control".into())
+            .spawn(move || {
+                for msg in control_rx {
+                    let Some(s) = sender.upgrade() else { return };
+                    if s.send(msg).is_err() {
+                        return;
+                    }
+                }
+            })?;
         Ok(Session { shared, guard })
     }
 
@@ -261,16 +283,29 @@ impl Session {
             }
             Err(e) => {
                 self.forget(id, want_shm);
+                // A late accept must not leave the peer's reader waiting for bytes.
+                let _ = s.send(Msg::StreamClose(StreamClose {
+                    stream_id: id,
+                    total: 0,
+                }));
                 return Err(e);
             }
         };
         let path = match (on_shm, ends) {
             (true, Some(e)) => {
-                if let Some(Slot::Out { shm, .. }) = s.lock().streams.get_mut(&id) {
+                let mut st = s.lock();
+                if st.gone.is_some() {
+                    // The demultiplexer already marked the halves it knew; this one too.
+                    e.ring.mark(relay_ring::READER_GONE);
+                }
+                if let Some(Slot::Out { shm, .. }) = st.streams.get_mut(&id) {
                     *shm = Some(e.clone());
                 }
+                drop(st);
                 OutPath::Shm {
-                    w: e.ring.clone().writer(),
+                    // SAFETY: we created this ring for this stream and make its only writer
+                    // here; the peer only reads it.
+                    w: unsafe { e.ring.clone().writer() },
                     ends: e,
                 }
             }
@@ -359,19 +394,33 @@ impl Session {
     pub fn reader(&self, id: u32) -> Result<StreamReader, Error> {
         let mut st = self.shared.lock();
         st.incoming.retain(|i| *i != id);
-        let (path, bell) = match st.streams.get(&id) {
+        let (path, bell) = match st.streams.get_mut(&id) {
             Some(Slot::In {
-                shm: Some(e), bell, ..
-            }) => (
-                InPath::Shm {
-                    r: e.ring.clone().reader(),
-                    ends: e.clone(),
-                },
-                bell.clone(),
-            ),
+                shm: Some(e),
+                bell,
+                claimed: claimed @ false,
+                ..
+            }) => {
+                *claimed = true;
+                (
+                    InPath::Shm {
+                        // SAFETY: `claimed` makes this the stream's only reader on our side;
+                        // the peer only writes it.
+                        r: unsafe { e.ring.clone().reader() },
+                        ends: e.clone(),
+                    },
+                    bell.clone(),
+                )
+            }
             Some(Slot::In {
-                shm: None, bell, ..
-            }) => (InPath::Socket, bell.clone()),
+                shm: None,
+                bell,
+                claimed: claimed @ false,
+                ..
+            }) => {
+                *claimed = true;
+                (InPath::Socket, bell.clone())
+            }
             _ => return Err(Error::InvalidHandle(id)),
         };
         Ok(StreamReader {
@@ -382,6 +431,8 @@ impl Session {
             path,
             read: 0,
             credited: 0,
+            window: u64::from(self.shared.opts.capacity),
+            eof: false,
             told_writer: false,
         })
     }
@@ -405,6 +456,15 @@ impl Shared {
             .map_err(Error::from)
     }
 
+    /// Queues a frame for the control thread (never blocks).
+    fn control_send(&self, msg: Msg) -> Result<(), Error> {
+        self.control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(msg)
+            .map_err(|_| Error::Closed("the session is shutting down".into()))
+    }
+
     fn wait<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         self.cond
             .wait_timeout(st, PARK_SLICE)
@@ -419,6 +479,11 @@ impl Shared {
                 Ok(Some(f)) => {
                     if let Err(e) = self.route(&mut conn, f.msg) {
                         break e.to_string();
+                    }
+                    if !conn.has_buffered() {
+                        // Descriptors that came with a frame that takes none: close them
+                        // rather than let them pile up or pair with a later StreamOpen.
+                        drop(conn.take_fds());
                     }
                 }
                 Ok(None) => break "the peer closed the connection".to_string(),
@@ -451,10 +516,16 @@ impl Shared {
         match msg {
             Msg::StreamOpen(o) => self.on_open(conn, o)?,
             Msg::StreamAccept(a) => {
-                self.lock().answers.insert(a.stream_id, Ok(a.shm));
+                let mut st = self.lock();
+                if matches!(st.streams.get(&a.stream_id), Some(Slot::Out { .. })) {
+                    st.answers.insert(a.stream_id, Ok(a.shm));
+                }
             }
             Msg::StreamReject(r) => {
-                self.lock().answers.insert(r.stream_id, Err(r.reason));
+                let mut st = self.lock();
+                if matches!(st.streams.get(&r.stream_id), Some(Slot::Out { .. })) {
+                    st.answers.insert(r.stream_id, Err(r.reason));
+                }
             }
             Msg::StreamData(d) => {
                 let mut st = self.lock();
@@ -464,6 +535,7 @@ impl Shared {
                         received,
                         broken,
                         bell,
+                        total,
                         shm: None,
                         ..
                     }) => {
@@ -473,6 +545,8 @@ impl Shared {
                                 "stream data at offset {} where {} was expected",
                                 d.offset, received
                             ));
+                        } else if total.is_some() {
+                            *broken = Some("stream data after the writer's close".into());
                         } else {
                             *received += d.data.len() as u64;
                             buf.extend(d.data);
@@ -486,7 +560,7 @@ impl Shared {
                     None if d.data.is_empty() => {}
                     _ => {
                         drop(st);
-                        self.send(Msg::Error(ErrorMsg {
+                        self.control_send(Msg::Error(ErrorMsg {
                             code: ERROR_INVALID_HANDLE,
                             message: format!(
                                 "stream {} is not open for data on this connection",
@@ -499,7 +573,21 @@ impl Shared {
             Msg::StreamClose(c) => {
                 let mut st = self.lock();
                 match st.streams.get_mut(&c.stream_id) {
-                    Some(Slot::In { total, bell, .. }) => {
+                    Some(Slot::In {
+                        total,
+                        bell,
+                        received,
+                        shm,
+                        broken,
+                        ..
+                    }) => {
+                        // On the socket path every byte came before the close.
+                        if shm.is_none() && c.total != *received {
+                            *broken = Some(format!(
+                                "the writer closed at {} bytes but {} arrived",
+                                c.total, received
+                            ));
+                        }
                         *total = Some(c.total);
                         bell.ring();
                     }
@@ -513,9 +601,9 @@ impl Shared {
                     None => {}
                 }
             }
-            Msg::Ping(p) => self.send(Msg::Pong(Pong { nonce: p.nonce }))?,
+            Msg::Ping(p) => self.control_send(Msg::Pong(Pong { nonce: p.nonce }))?,
             Msg::Shutdown(_) => {
-                let _ = self.send(Msg::ShutdownAck(ShutdownAck {}));
+                let _ = self.control_send(Msg::ShutdownAck(ShutdownAck {}));
                 return Err(Error::Closed("the peer shut the connection down".into()));
             }
             Msg::Error(e) => tracing::warn!(code = e.code, "peer reported: {}", e.message),
@@ -533,11 +621,14 @@ impl Shared {
 
     fn on_open(&self, conn: &mut Connection, o: StreamOpen) -> Result<(), Error> {
         let id = o.stream_id;
-        let fds = if o.shm { conn.take_fds_n(3) } else { None };
+        // Descriptors travel with the first byte of their frame, so whatever is queued now
+        // came with this StreamOpen: take it all, and close what it does not use.
+        let fds = conn.take_fds();
+        let fds = (o.shm && fds.len() == 3).then_some(fds);
         let mut st = self.lock();
         if st.streams.contains_key(&id) {
             drop(st);
-            return self.send(Msg::StreamReject(StreamReject {
+            return self.control_send(Msg::StreamReject(StreamReject {
                 stream_id: id,
                 reason: format!("stream id {id} is already open"),
             }));
@@ -546,7 +637,7 @@ impl Shared {
         if o.shm {
             let Some(fds) = fds else {
                 drop(st);
-                return self.send(Msg::StreamReject(StreamReject {
+                return self.control_send(Msg::StreamReject(StreamReject {
                     stream_id: id,
                     reason: "StreamOpen with shm=true must carry 3 descriptors (memfd, data \
                              eventfd, space eventfd)"
@@ -561,7 +652,7 @@ impl Shared {
                     }
                     Err(e) => {
                         drop(st);
-                        return self.send(Msg::StreamReject(StreamReject {
+                        return self.control_send(Msg::StreamReject(StreamReject {
                             stream_id: id,
                             reason: format!("cannot map the stream's shared memory: {e}"),
                         }));
@@ -579,11 +670,13 @@ impl Shared {
                 received: 0,
                 total: None,
                 broken: None,
+                window: u64::from(o.capacity).max(1),
+                claimed: false,
             },
         );
         st.incoming.push_back(id);
         drop(st);
-        self.send(Msg::StreamAccept(StreamAccept {
+        self.control_send(Msg::StreamAccept(StreamAccept {
             stream_id: id,
             shm: on_shm,
         }))
@@ -610,8 +703,8 @@ fn attach(fds: &[std::os::fd::OwnedFd], capacity: u32) -> Result<ShmEnds, Error>
     }
     Ok(ShmEnds {
         ring,
-        data: Arc::new(Doorbell::from_fd(data.try_clone()?)),
-        space: Arc::new(Doorbell::from_fd(space.try_clone()?)),
+        data: Arc::new(Doorbell::from_fd(data.try_clone()?)?),
+        space: Arc::new(Doorbell::from_fd(space.try_clone()?)?),
     })
 }
 
@@ -682,6 +775,9 @@ impl StreamWriter {
     /// [`Error::Closed`] once the reader is gone or the connection ended;
     /// [`Error::Corrupt`] on impossible ring cursors.
     pub fn try_write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        if self.finished {
+            return Err(Error::Closed("the stream was finished".into()));
+        }
         let n = match &mut self.path {
             OutPath::Shm { w, ends } => {
                 let n = w.write(buf).map_err(Error::from)?;
@@ -706,7 +802,13 @@ impl StreamWriter {
                 }
                 drop(st);
                 let window = u64::from(s.opts.capacity);
-                let credit = window.saturating_sub(self.written - consumed);
+                let Some(in_flight) = self.written.checked_sub(consumed) else {
+                    return Err(Error::Protocol(format!(
+                        "the reader credited {consumed} bytes, more than the {} written",
+                        self.written
+                    )));
+                };
+                let credit = window.saturating_sub(in_flight);
                 let n = (credit as usize).min(buf.len()).min(s.chunk);
                 if n > 0 {
                     s.send(Msg::StreamData(StreamData {
@@ -747,9 +849,9 @@ impl StreamWriter {
                         w.unpark();
                     }
                 }
+                // Rung on every credit and close for this stream; a stale ring only loops.
                 OutPath::Socket => {
-                    let st = self.session.lock();
-                    drop(self.session.wait(st));
+                    self.bell.wait(PARK_SLICE);
                 }
             }
         }
@@ -862,6 +964,10 @@ pub struct StreamReader {
     path: InPath,
     read: u64,
     credited: u64,
+    /// The writer's window (socket path), learned from its StreamOpen.
+    window: u64,
+    /// End of stream was returned once; it is returned ever after.
+    eof: bool,
     /// StreamClose was sent: at end of stream (so `finish_and_wait` returns as soon as the
     /// last byte is read) or when the reader drops.
     told_writer: bool,
@@ -886,6 +992,9 @@ impl StreamReader {
     /// bytes before that were read); [`Error::Corrupt`] on impossible cursors or
     /// out-of-order socket data.
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Read, Error> {
+        if self.eof {
+            return Ok(Read::Eof);
+        }
         let got = match &mut self.path {
             InPath::Shm { r, ends } => {
                 let got = r.read(buf).map_err(Error::from)?;
@@ -901,15 +1010,20 @@ impl StreamReader {
                     buf: q,
                     total,
                     broken,
+                    window,
                     ..
                 }) = st.streams.get_mut(&self.id)
                 else {
                     return Err(Error::InvalidHandle(self.id));
                 };
+                self.window = *window;
                 if let Some(why) = broken {
                     return Err(Error::Corrupt(why.clone()));
                 }
-                if !q.is_empty() && !buf.is_empty() {
+                if buf.is_empty() {
+                    // As on the shm path: an empty buffer is Pending until Eof was seen.
+                    Read::Pending
+                } else if !q.is_empty() {
                     let n = q.len().min(buf.len());
                     let (front, back) = q.as_slices();
                     let k = front.len().min(n);
@@ -927,19 +1041,22 @@ impl StreamReader {
             }
         };
         if got == Read::Eof {
+            self.eof = true;
             self.tell_writer();
         }
         if let Read::Data(n) = got {
             self.read += n as u64;
             if matches!(self.path, InPath::Socket)
-                && self.read - self.credited >= u64::from(self.session.opts.capacity) / 4
+                && self.read - self.credited >= (self.window / 4).max(1)
             {
                 self.credited = self.read;
-                self.session.send(Msg::StreamData(StreamData {
+                // The bytes are already the caller's: a credit that cannot be sent (the
+                // writer finished and hung up) must not turn this read into an error.
+                let _ = self.session.send(Msg::StreamData(StreamData {
                     stream_id: self.id,
                     offset: self.read,
                     data: Vec::new(),
-                }))?;
+                }));
             }
         }
         Ok(got)
@@ -972,8 +1089,7 @@ impl StreamReader {
                     }
                 }
                 InPath::Socket => {
-                    let st = self.session.lock();
-                    drop(self.session.wait(st));
+                    self.bell.wait(PARK_SLICE);
                 }
             }
         }

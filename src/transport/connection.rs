@@ -81,10 +81,10 @@ impl Connection {
         self.max_frame
     }
 
-    /// Takes exactly `n` received descriptors, oldest first, or none when fewer arrived
-    /// (frames that carry descriptors take them in frame order).
-    pub fn take_fds_n(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
-        (self.fds.len() >= n).then(|| self.fds.drain(..n).collect())
+    /// True when bytes of a next frame are already buffered (descriptors queued now may
+    /// belong to it).
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.buf.len()
     }
 
     /// Limits how long a read blocks (`None`: forever).
@@ -138,6 +138,13 @@ impl Connection {
                 RecvFlags::CMSG_CLOEXEC
             };
             match recvmsg(&self.stream, &mut iov, &mut control, flags) {
+                Ok(r) if r.flags.contains(rustix::net::ReturnFlags::CTRUNC) => {
+                    // Descriptors were dropped by the kernel: the frames they came with
+                    // can no longer be trusted.
+                    return Err(Error::Protocol(format!(
+                        "the peer sent more than {MAX_FDS} descriptors at once"
+                    )));
+                }
                 Ok(r) => break r.bytes,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) if spinning => std::hint::spin_loop(),
