@@ -758,6 +758,58 @@ mod loom_tests {
         model(8, 9, 3);
     }
 
+    /// The writer's side of the park protocol: a writer that parks on a full ring never
+    /// misses the reader's doorbell.
+    #[test]
+    fn a_parked_writer_never_misses_the_space_doorbell() {
+        loom::model(|| {
+            let ring = HeapRegion::ring(8).unwrap();
+            // SAFETY: one writer and one reader for this ring.
+            let (mut w, mut r) = unsafe { (ring.clone().writer(), ring.reader()) };
+            assert_eq!(w.write(&[1; 8]).unwrap(), 8);
+            let rung = std::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+            let rung2 = rung.clone();
+            let t = loom::thread::spawn(move || {
+                let mut b = [0u8; 3];
+                assert_eq!(r.read(&mut b).unwrap(), Read::Data(3));
+                if r.writer_wants_doorbell() {
+                    rung2.store(true, loom::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            if w.write(&[2]).unwrap() == 0 && w.park() {
+                t.join().unwrap();
+                assert!(
+                    rung.load(loom::sync::atomic::Ordering::SeqCst),
+                    "lost wake-up"
+                );
+            } else {
+                t.join().unwrap();
+            }
+        });
+    }
+
+    /// Finishing after the reader parked: the reader either sees the end on its re-check
+    /// or is parked when the writer's unconditional doorbell after `finish` comes.
+    #[test]
+    fn finish_is_seen_by_a_reader_that_checks_or_parks() {
+        loom::model(|| {
+            let ring = HeapRegion::ring(8).unwrap();
+            // SAFETY: one writer and one reader for this ring.
+            let (w, mut r) = unsafe { (ring.clone().writer(), ring.reader()) };
+            let t = loom::thread::spawn(move || w.finish());
+            let mut b = [0u8; 1];
+            let first = r.read(&mut b).unwrap();
+            if first == Read::Pending && r.park() {
+                // Parked: after the writer's finish (and its doorbell) the read is Eof.
+                t.join().unwrap();
+                r.unpark();
+            } else {
+                t.join().unwrap();
+            }
+            assert_eq!(r.read(&mut b).unwrap(), Read::Eof);
+        });
+    }
+
     /// The park protocol: a reader that parks never misses the writer's doorbell.
     #[test]
     fn parking_never_misses_a_doorbell() {
