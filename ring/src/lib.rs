@@ -239,9 +239,7 @@ impl Ring {
     /// writers would copy into the same bytes at once.
     pub unsafe fn writer(self) -> Writer {
         Writer {
-            pos: 0,
-            seen_read: 0,
-            poisoned: None,
+            cur: Cursors::new(Side::Writer),
             ring: self,
         }
     }
@@ -252,10 +250,8 @@ impl Ring {
     /// At most one `Reader` may exist for a ring, across every process mapping it.
     pub unsafe fn reader(self) -> Reader {
         Reader {
-            pos: 0,
-            seen_write: 0,
+            cur: Cursors::new(Side::Reader),
             eof: false,
-            poisoned: None,
             ring: self,
         }
     }
@@ -283,14 +279,82 @@ fn check_geometry(capacity: u64, len: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Which half a [`Cursors`] belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Writer,
+    Reader,
+}
+
+/// One half's view of the cursors: its own position (the shared cursor it owns must
+/// always equal it), the other cursor as last seen (it may only move forward, by at most
+/// the capacity), and why the view was poisoned, once it was.
+#[derive(Debug)]
+struct Cursors {
+    side: Side,
+    pos: u64,
+    seen: u64,
+    poisoned: Option<String>,
+}
+
+impl Cursors {
+    fn new(side: Side) -> Cursors {
+        Cursors {
+            side,
+            pos: 0,
+            seen: 0,
+            poisoned: None,
+        }
+    }
+
+    /// `Err(Corrupt)` for good once poisoned.
+    fn healthy(&self) -> Result<(), Error> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Loads `theirs` (Acquire) and checks both cursors; returns the fill.
+    fn check(&mut self, mine: &AtomicU64, theirs: &AtomicU64, cap: u64) -> Result<u64, Error> {
+        self.healthy()?;
+        let (me, who, other) = match self.side {
+            Side::Writer => ("write", "writer", "read"),
+            Side::Reader => ("read", "reader", "write"),
+        };
+        let stored = mine.load(Ordering::Relaxed);
+        let why = if stored != self.pos {
+            format!(
+                "{me} cursor is {stored}, but the {who} left it at {}",
+                self.pos
+            )
+        } else {
+            let t = theirs.load(Ordering::Acquire);
+            let fill = match self.side {
+                Side::Writer => self.pos.wrapping_sub(t),
+                Side::Reader => t.wrapping_sub(self.pos),
+            };
+            if fill > cap {
+                format!(
+                    "fill {fill} is over capacity {cap} ({other} cursor {t}, {me} cursor {})",
+                    self.pos
+                )
+            } else if t.wrapping_sub(self.seen) > cap {
+                format!("{other} cursor moved backwards from {} to {t}", self.seen)
+            } else {
+                self.seen = t;
+                return Ok(fill);
+            }
+        };
+        self.poisoned = Some(why.clone());
+        Err(Error::Corrupt(why))
+    }
+}
+
 /// The writing half of a ring.
 pub struct Writer {
     ring: Ring,
-    /// Our cursor; the shared one must always equal it.
-    pos: u64,
-    /// The reader's cursor as last seen; it may only move forward, by at most the fill.
-    seen_read: u64,
-    poisoned: Option<String>,
+    cur: Cursors,
 }
 
 impl Writer {
@@ -301,10 +365,8 @@ impl Writer {
     /// [`Error::Closed`] once the reader is gone; [`Error::Corrupt`] on impossible cursors
     /// (then forever).
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
-        if let Some(why) = &self.poisoned {
-            return Err(Error::Corrupt(why.clone()));
-        }
         let h = self.ring.header();
+        self.cur.healthy()?;
         let state = h.state.load(Ordering::Acquire);
         if state & READER_GONE != 0 {
             return Err(Error::Closed);
@@ -316,14 +378,14 @@ impl Writer {
         if buf.is_empty() {
             return Ok(0);
         }
-        let fill = self.check(h)?;
+        let fill = self.cur.check(&h.write, &h.read, self.ring.cap)?;
         let n = (self.ring.cap - fill).min(buf.len() as u64) as usize;
         if n == 0 {
             return Ok(0);
         }
-        copy_in(&self.ring, self.pos, &buf[..n]);
-        self.pos = self.pos.wrapping_add(n as u64);
-        h.write.store(self.pos, Ordering::Release);
+        copy_in(&self.ring, self.cur.pos, &buf[..n]);
+        self.cur.pos = self.cur.pos.wrapping_add(n as u64);
+        h.write.store(self.cur.pos, Ordering::Release);
         Ok(n)
     }
 
@@ -333,38 +395,7 @@ impl Writer {
     /// [`Error::Corrupt`] on impossible cursors.
     pub fn free(&mut self) -> Result<u64, Error> {
         let h = self.ring.header();
-        Ok(self.ring.cap - self.check(h)?)
-    }
-
-    fn check(&mut self, h: &Header) -> Result<u64, Error> {
-        let w = h.write.load(Ordering::Relaxed);
-        if w != self.pos {
-            return self.poison(format!(
-                "write cursor is {w}, but the writer left it at {}",
-                self.pos
-            ));
-        }
-        let r = h.read.load(Ordering::Acquire);
-        let fill = self.pos.wrapping_sub(r);
-        if fill > self.ring.cap {
-            return self.poison(format!(
-                "fill {fill} is over capacity {} (read cursor {r}, write cursor {})",
-                self.ring.cap, self.pos
-            ));
-        }
-        if r.wrapping_sub(self.seen_read) > self.ring.cap {
-            return self.poison(format!(
-                "read cursor moved backwards from {} to {r}",
-                self.seen_read
-            ));
-        }
-        self.seen_read = r;
-        Ok(fill)
-    }
-
-    fn poison(&mut self, why: String) -> Result<u64, Error> {
-        self.poisoned = Some(why.clone());
-        Err(Error::Corrupt(why))
+        Ok(self.ring.cap - self.cur.check(&h.write, &h.read, self.ring.cap)?)
     }
 
     /// Finishes the stream: after the drain the reader sees [`Read::Eof`].
@@ -408,10 +439,8 @@ impl Writer {
 /// The reading half of a ring.
 pub struct Reader {
     ring: Ring,
-    pos: u64,
-    seen_write: u64,
+    cur: Cursors,
     eof: bool,
-    poisoned: Option<String>,
 }
 
 impl Reader {
@@ -421,9 +450,7 @@ impl Reader {
     /// [`Error::Corrupt`] on impossible cursors (then forever); [`Error::WriterGone`] when
     /// the ring is drained and the writer vanished without finishing.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Read, Error> {
-        if let Some(why) = &self.poisoned {
-            return Err(Error::Corrupt(why.clone()));
-        }
+        self.cur.healthy()?;
         if self.eof {
             return Ok(Read::Eof);
         }
@@ -431,14 +458,14 @@ impl Reader {
             return Ok(Read::Pending);
         }
         let h = self.ring.header();
-        let mut fill = self.check(h)?;
+        let mut fill = self.cur.check(&h.read, &h.write, self.ring.cap)?;
         if fill == 0 {
             let state = h.state.load(Ordering::Acquire);
             if state & (WRITER_DONE | WRITER_GONE) == 0 {
                 return Ok(Read::Pending);
             }
             // The writer's last cursor store happened before its state store: look again.
-            fill = self.check(h)?;
+            fill = self.cur.check(&h.read, &h.write, self.ring.cap)?;
             if fill == 0 {
                 if state & WRITER_DONE != 0 {
                     self.eof = true;
@@ -448,9 +475,9 @@ impl Reader {
             }
         }
         let n = fill.min(buf.len() as u64) as usize;
-        copy_out(&self.ring, self.pos, &mut buf[..n]);
-        self.pos = self.pos.wrapping_add(n as u64);
-        h.read.store(self.pos, Ordering::Release);
+        copy_out(&self.ring, self.cur.pos, &mut buf[..n]);
+        self.cur.pos = self.cur.pos.wrapping_add(n as u64);
+        h.read.store(self.cur.pos, Ordering::Release);
         Ok(Read::Data(n))
     }
 
@@ -460,38 +487,7 @@ impl Reader {
     /// [`Error::Corrupt`] on impossible cursors.
     pub fn available(&mut self) -> Result<u64, Error> {
         let h = self.ring.header();
-        self.check(h)
-    }
-
-    fn check(&mut self, h: &Header) -> Result<u64, Error> {
-        let r = h.read.load(Ordering::Relaxed);
-        if r != self.pos {
-            return self.poison(format!(
-                "read cursor is {r}, but the reader left it at {}",
-                self.pos
-            ));
-        }
-        let w = h.write.load(Ordering::Acquire);
-        let fill = w.wrapping_sub(self.pos);
-        if fill > self.ring.cap {
-            return self.poison(format!(
-                "fill {fill} is over capacity {} (write cursor {w}, read cursor {})",
-                self.ring.cap, self.pos
-            ));
-        }
-        if w.wrapping_sub(self.seen_write) > self.ring.cap {
-            return self.poison(format!(
-                "write cursor moved backwards from {} to {w}",
-                self.seen_write
-            ));
-        }
-        self.seen_write = w;
-        Ok(fill)
-    }
-
-    fn poison(&mut self, why: String) -> Result<u64, Error> {
-        self.poisoned = Some(why.clone());
-        Err(Error::Corrupt(why))
+        self.cur.check(&h.read, &h.write, self.ring.cap)
     }
 
     /// Tells the writer the reader is gone.

@@ -16,6 +16,7 @@ use crate::agents::procfs;
 use crate::route::{self, SendRequest};
 use crate::store::Intent;
 use crate::store::{Fetch, FetchMode, Filter, Message, Registration, SqliteStore, Store};
+use crate::transport::heartbeat::{Heartbeat, is_timeout};
 use crate::transport::{self, Listener, Local, handshake};
 use crate::wire::Msg;
 use crate::wire::catalogue::{DeliverAck, Pong, Reply, ShutdownAck};
@@ -244,35 +245,22 @@ fn serve(
     // 3 in a row unanswered is declared dead and its connection closed.
     let interval = Duration::from_millis(u64::from(agreed.heartbeat_ms).max(100));
     conn.set_read_timeout(Some(interval))?;
-    let (mut missed, mut outstanding, mut nonce) = (0u32, false, 0u64);
+    let mut beat = Heartbeat::default();
     loop {
         let frame = match conn.read_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(transport::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if outstanding {
-                    missed += 1;
-                    if missed >= transport::supervise::MISSED_PINGS {
-                        return Err(transport::Error::Protocol(format!(
-                            "the peer left {missed} heartbeats unanswered; closed"
-                        )));
-                    }
+            Err(e) if is_timeout(&e) => {
+                if let Some(missed) = beat.silence(&mut conn)? {
+                    return Err(transport::Error::Protocol(format!(
+                        "the peer left {missed} heartbeats unanswered; closed"
+                    )));
                 }
-                nonce += 1;
-                conn.write_frame(Msg::Ping(crate::wire::catalogue::Ping { nonce }))?;
-                outstanding = true;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        // Any frame shows the peer is alive.
-        missed = 0;
-        outstanding = false;
+        beat.alive();
         match frame.msg {
             Msg::Deliver(d) => {
                 let m = from_deliver(d, me);

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod connection;
 pub mod handshake;
+pub mod heartbeat;
 pub mod listener;
 pub mod supervise;
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::heartbeat::{Heartbeat, is_timeout};
 use super::{Connection, Error, Local, Session, handshake};
 use crate::wire::Msg;
 use crate::wire::catalogue::{Ping, Pong};
@@ -116,33 +117,15 @@ impl Supervised {
     /// Socket errors other than the close or the timeouts.
     pub fn monitor(&mut self, interval: Duration) -> Result<Health, Error> {
         self.conn.set_read_timeout(Some(interval))?;
-        let mut missed = 0u32;
-        let mut outstanding = false;
+        let mut beat = Heartbeat::default();
         loop {
             match self.conn.read_frame() {
-                Ok(Some(f)) => {
-                    if matches!(f.msg, Msg::Pong(_)) {
-                        missed = 0;
-                        outstanding = false;
-                    }
-                }
+                Ok(Some(_)) => beat.alive(),
                 Ok(None) | Err(Error::Wire(_)) => return Ok(Health::Exited),
-                Err(Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if outstanding {
-                        missed += 1;
-                        if missed >= MISSED_PINGS {
-                            return Ok(Health::Hung { missed });
-                        }
+                Err(e) if is_timeout(&e) => {
+                    if let Some(missed) = beat.silence(&mut self.conn)? {
+                        return Ok(Health::Hung { missed });
                     }
-                    self.nonce += 1;
-                    self.conn
-                        .write_frame(Msg::Ping(Ping { nonce: self.nonce }))?;
-                    outstanding = true;
                 }
                 Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Ok(Health::Exited);
@@ -158,8 +141,7 @@ impl Supervised {
     }
 }
 
-/// Unanswered pings after which a peer is declared dead (DESIGN.md §6).
-pub const MISSED_PINGS: u32 = 3;
+pub use super::heartbeat::MISSED_PINGS;
 
 /// Why [`Supervised::monitor`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
