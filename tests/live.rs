@@ -324,3 +324,144 @@ fn a_sender_that_stops_answering_heartbeats_is_disconnected_after_three() {
     l.child.kill().unwrap();
     l.child.wait().unwrap();
 }
+
+fn ask(h: &Home, from: &str, to: &str, body: &[u8], wait: &str) -> common::Run {
+    let mut c = h.cmd(&[
+        "send", to, "--as", from, "--intent", "request", "--wait", wait, "--json", "--stdin",
+    ]);
+    c.env_remove("RELAY_RUNTIME_DIR");
+    common::run(c, Some(body), common::DEADLINE)
+}
+
+#[test]
+fn a_large_request_through_a_streaming_command_does_not_deadlock() {
+    let h = Home::new();
+    h.register("a");
+    let b = h.register("b");
+    let mut l = listen_with(&h, "b", &b, &["--exec", "cat"]);
+    // 200 KiB: more than a pipe holds, so feeding stdin and reading stdout must overlap.
+    let body: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = ask(&h, "a", "b", &body, "30s");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let d = r.doc();
+    assert_eq!(d["reply"]["body"].as_str().unwrap().as_bytes(), &body[..]);
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_reply_to_an_asker_without_a_mailbox_comes_back_as_a_frame() {
+    let h = Home::new();
+    h.json(&["register", "a", "--no-mailbox"]);
+    let b = h.register("b");
+    let mut l = listen_with(&h, "b", &b, &["--exec", "tr a-z A-Z"]);
+    let r = ask(&h, "a", "b", b"frame only", "20s");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let d = r.doc();
+    assert_eq!(d["reply_route"], "live", "the mailbox cannot carry it: {d}");
+    assert_eq!(d["reply"]["body"], "FRAME ONLY");
+    assert_eq!(
+        d["reply"]["thread"], d["id"],
+        "a reply starts the request's thread"
+    );
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_hung_answer_command_is_killed_and_the_reply_says_so() {
+    let h = Home::new();
+    h.register("a");
+    let b = h.register("b");
+    let mut l = listen_with(
+        &h,
+        "b",
+        &b,
+        &["--exec", "sleep 30", "--exec-timeout", "500ms"],
+    );
+    let r = ask(&h, "a", "b", b"x", "20s");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let body = r.doc()["reply"]["body"].as_str().unwrap().to_string();
+    assert!(body.contains("timed out after 500ms"), "{body}");
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn a_deliver_claiming_another_sender_is_refused() {
+    use relay::transport::{Local, client};
+    use relay::wire::catalogue::Deliver;
+    let h = Home::new();
+    let b = h.register("b");
+    let mut l = listen(&h, "b", &b);
+    let sock = runtime(&h).join(format!("{b}.sock"));
+    let d = Deliver {
+        message_id: "0190f5a2-0000-7000-8000-000000000002".into(),
+        from: "someone-else".into(),
+        from_name: None,
+        thread: None,
+        reply_to: None,
+        intent: 0,
+        content_type: "text/plain".into(),
+        body: b"forged".to_vec(),
+        created_at: 0,
+    };
+    let (ack, conn) = client::deliver(
+        client::probe(&sock).1.unwrap(),
+        &Local::new("me"),
+        d,
+        common::DEADLINE,
+    )
+    .unwrap();
+    assert!(!ack.accepted);
+    assert!(ack.reason.unwrap().contains("someone-else"));
+    client::close(conn, "done");
+    l.child.kill().unwrap();
+    l.child.wait().unwrap();
+}
+
+#[test]
+fn stream_recv_refuses_plain_mail_and_still_takes_the_stream() {
+    let h = Home::new();
+    h.register("a");
+    h.register("b");
+    let out = h.path().join("out.bin");
+    let mut c = h.cmd(&[
+        "stream",
+        "recv",
+        "--as",
+        "b",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    c.env_remove("RELAY_RUNTIME_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let recv = c.spawn().unwrap();
+    let runtime_dir = runtime(&h);
+    wait_for("the receiver's socket", || {
+        std::fs::read_dir(&runtime_dir).is_ok_and(|mut d| d.next().is_some())
+    });
+    // A plain send finds b live, is refused on the live path and waits in the mailbox.
+    let sent = send(&h, "plain mail");
+    assert_eq!(sent["route"], "mailbox", "{sent}");
+    let input = h.path().join("in.bin");
+    std::fs::write(&input, vec![7u8; 300_000]).unwrap();
+    let mut s = h.cmd(&[
+        "stream",
+        "send",
+        "b",
+        "--as",
+        "a",
+        "--json",
+        input.to_str().unwrap(),
+    ]);
+    s.env_remove("RELAY_RUNTIME_DIR");
+    let r = common::run(s, None, common::DEADLINE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = common::wait_with_deadline(recv, common::DEADLINE, "stream recv");
+    assert_eq!(got.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(report["sha256"], r.doc()["sha256"]);
+    assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 300_000]);
+}

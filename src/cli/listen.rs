@@ -5,7 +5,7 @@
 //! request is answered with CMD's output: stored as a reply in the sender's mailbox, and
 //! sent as a `Reply` frame too when the request came over a connection still open.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,19 +35,49 @@ pub struct Args {
     /// Answer each request (intent request) by running CMD with `sh -c`: the request body
     /// on stdin, CMD's stdout (capped at the store's body cap) is the reply. A failing CMD
     /// replies `error: ...` with its exit status and stderr. CMD sees RELAY_MESSAGE_ID,
-    /// RELAY_FROM and RELAY_THREAD in its environment.
+    /// RELAY_FROM (the sender's endpoint id, checked against the connection's handshake on
+    /// the live path) and RELAY_THREAD in its environment.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// Kill CMD (its whole process group) when it runs longer than this; the reply then
+    /// says it timed out.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Duration,
 }
+
+/// Replies remembered per listener, for requests seen on both paths.
+const MEMO: usize = 1024;
 
 /// Answers requests by running a command.
 struct Answerer {
     cmd: String,
+    timeout: Duration,
+    /// Replies by request id. A request sent live is also in the mailbox until the sender
+    /// acks it, so both paths may see it: the command runs once (under this lock), and
+    /// whichever path comes second gets the same reply.
+    memo: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
     store: Arc<SqliteStore>,
     me: crate::store::Endpoint,
 }
 
 impl Answerer {
+    /// The reply to `m`: made once per request id (see `memo`), at most [`MEMO`] kept.
+    fn answer_once(&self, m: &Message) -> Reply {
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = memo.0.get(&m.id) {
+            return r.clone();
+        }
+        let r = self.answer(m);
+        memo.0.insert(m.id.clone(), r.clone());
+        memo.1.push_back(m.id.clone());
+        if memo.1.len() > MEMO
+            && let Some(old) = memo.1.pop_front()
+        {
+            memo.0.remove(&old);
+        }
+        r
+    }
+
     /// Runs the command for `m`, stores the reply in the sender's mailbox, and returns it
     /// as a `Reply` frame.
     fn answer(&self, m: &Message) -> Reply {
@@ -74,26 +104,53 @@ impl Answerer {
 
     fn run(&self, m: &Message) -> Vec<u8> {
         use std::io::Write;
+        use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
         let child = Command::new("sh")
             .arg("-c")
             .arg(&self.cmd)
             .env("RELAY_MESSAGE_ID", &m.id)
-            .env("RELAY_FROM", m.from_name.as_deref().unwrap_or(&m.from))
+            .env("RELAY_FROM", &m.from)
             .env("RELAY_THREAD", m.thread.as_deref().unwrap_or(""))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills what it started too.
+            .process_group(0)
             .spawn();
         let mut child = match child {
             Ok(c) => c,
             Err(e) => return format!("error: could not run {:?}: {e}", self.cmd).into_bytes(),
         };
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that does not read its input is fine; a broken pipe is not an error.
-            let _ = stdin.write_all(&m.body);
-        }
-        let mut body = match child.wait_with_output() {
+        let pid = child.id();
+        // Fed from its own thread: a command that writes while it reads would otherwise
+        // fill its stdout pipe while we still block on its stdin.
+        let stdin = child.stdin.take();
+        let body = m.body.clone();
+        std::thread::spawn(move || {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its input is fine; a broken pipe is not an error.
+                let _ = stdin.write_all(&body);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || drop(tx.send(child.wait_with_output())));
+        let outcome = match rx.recv_timeout(self.timeout) {
+            Ok(o) => o,
+            Err(_) => {
+                if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
+                return format!(
+                    "error: {:?} timed out after {} and was killed",
+                    self.cmd,
+                    humantime::format_duration(self.timeout)
+                )
+                .into_bytes();
+            }
+        };
+        let mut body = match outcome {
             Ok(o) if o.status.success() => o.stdout,
             Ok(o) => format!(
                 "error: {:?} failed ({}): {}",
@@ -160,6 +217,8 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let answerer = a.exec.map(|cmd| {
         Arc::new(Answerer {
             cmd,
+            timeout: a.exec_timeout,
+            memo: Mutex::new((HashMap::new(), VecDeque::new())),
             store: store.clone(),
             me: me.clone(),
         })
@@ -208,20 +267,35 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 }
 
 fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answerer>, me: &str) {
-    let take = Fetch {
-        limit: 100,
-        mode: FetchMode::Take,
+    // Without an answerer a message is done once printed: take it. With one, a request is
+    // done once answered: lease it, answer, then ack — a listener killed in between leaves
+    // it to be handed out again, not acked and unanswered.
+    let fetch = Fetch {
+        limit: if answerer.is_some() { 1 } else { 100 },
+        mode: if answerer.is_some() {
+            FetchMode::Deliver {
+                lease: crate::store::DEFAULT_LEASE,
+            }
+        } else {
+            FetchMode::Take
+        },
         filter: Filter::default(),
     };
     loop {
-        match store.wait(me, &take, Duration::from_secs(300)) {
+        match store.wait(me, &fetch, Duration::from_secs(300)) {
             Ok(msgs) => {
                 for m in &msgs {
-                    if printer.show(m, "mailbox")
+                    let new = printer.show(m, "mailbox");
+                    if new
                         && m.intent == Intent::Request
                         && let Some(a) = answerer
                     {
-                        a.answer(m);
+                        a.answer_once(m);
+                    }
+                    if answerer.is_some()
+                        && let Err(e) = store.ack(Some(me), std::slice::from_ref(&m.id))
+                    {
+                        tracing::warn!("ack {}: {e}", m.id);
                     }
                 }
             }
@@ -233,6 +307,11 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answer
     }
 }
 
+/// How long a new connection has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write to a peer may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn serve(
     mut conn: transport::Connection,
     local: &Local,
@@ -240,6 +319,10 @@ fn serve(
     answerer: Option<&Answerer>,
     me: &str,
 ) -> Result<(), transport::Error> {
+    // A peer that connects and says nothing must not hold this thread: the handshake and
+    // every write get a deadline.
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    conn.stream().set_write_timeout(Some(WRITE_TIMEOUT))?;
     let agreed = handshake::accept(&mut conn, local)?;
     // Heartbeats (DESIGN.md §6): a Ping after each interval of silence; a peer that leaves
     // 3 in a row unanswered is declared dead and its connection closed.
@@ -262,20 +345,33 @@ fn serve(
         };
         beat.alive();
         match frame.msg {
+            Msg::Deliver(d) if d.from != agreed.peer_id => {
+                // The sender is who the handshake says, or the message is refused (it then
+                // stays in the mailbox, where `from` is the store's word).
+                conn.write_frame(Msg::DeliverAck(DeliverAck {
+                    message_id: d.message_id,
+                    accepted: false,
+                    reason: Some(format!(
+                        "from {} differs from the connection's endpoint {}",
+                        d.from, agreed.peer_id
+                    )),
+                }))?;
+            }
             Msg::Deliver(d) => {
                 let m = from_deliver(d, me);
-                let new = printer.show(&m, "live");
+                printer.show(&m, "live");
                 conn.write_frame(Msg::DeliverAck(DeliverAck {
                     message_id: m.id.clone(),
                     accepted: true,
                     reason: None,
                 }))?;
-                if new
-                    && m.intent == Intent::Request
+                // Also when the mailbox path showed it first: the asker waits on this
+                // connection, and may have no mailbox to get the stored reply from.
+                if m.intent == Intent::Request
                     && let Some(a) = answerer
                 {
                     // The sender may have hung up already; the stored reply still reaches it.
-                    let _ = conn.write_frame(Msg::Reply(a.answer(&m)));
+                    let _ = conn.write_frame(Msg::Reply(a.answer_once(&m)));
                 }
             }
             Msg::Ping(p) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,

@@ -219,14 +219,10 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> anyhow::Result<u8> {
             path.display()
         );
     }
-    let mut conn = accept_within(&listener, a.timeout)?;
     let mut local = Local::new(me.id.clone());
     local.name = me.name.clone();
     local.capabilities = capabilities(a.no_shm);
-    let agreed = handshake::accept(&mut conn, &local)?;
-    conn.set_read_timeout(None)?;
-    let session = Session::new(conn, agreed.capabilities, false, Options::default())?;
-    let mut r = session.accept(a.timeout)?;
+    let (_session, mut r) = first_stream(listener, local, a.timeout)?;
     let started = Instant::now();
     let progress = bar(None, ctx.json || a.file.as_os_str() == "-");
     let mut hash = Sha256::new();
@@ -253,20 +249,56 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Accepts one connection, giving up after `timeout`.
-fn accept_within(listener: &Listener, timeout: Duration) -> anyhow::Result<Connection> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut fds = [PollFd::new(listener, PollFlags::IN)];
-    let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
-        tv_sec: 300,
-        tv_nsec: 0,
+/// Accepts connections until one of them opens a stream, giving up after `timeout`.
+/// Other connections (a `relay send` that found this endpoint live) are served by their
+/// own session, which refuses `Deliver` so the mail stays in the mailbox.
+fn first_stream(
+    listener: Listener,
+    local: Local,
+    timeout: Duration,
+) -> anyhow::Result<(Session, shm::StreamReader)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = listener.path().to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            let mut conn = match listener.accept() {
+                Ok(c) => c,
+                Err(e @ transport::Error::PeerUid { .. }) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            let (tx, local) = (tx.clone(), local.clone());
+            std::thread::spawn(move || {
+                let opened = (|| -> anyhow::Result<(Session, shm::StreamReader)> {
+                    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let agreed = handshake::accept(&mut conn, &local)?;
+                    conn.set_read_timeout(None)?;
+                    let s = Session::new(conn, agreed.capabilities, false, Options::default())?;
+                    let r = s.accept(timeout)?;
+                    Ok((s, r))
+                })();
+                match opened {
+                    Ok(v) => drop(tx.send(Ok(v))),
+                    Err(e) => tracing::debug!("a connection brought no stream: {e}"),
+                }
+            });
+        }
     });
-    if poll(&mut fds, Some(&ts))? == 0 {
-        return Err(shm::Error::Timeout(format!(
-            "no sender connected within {}",
+    let got = rx.recv_timeout(timeout);
+    // The accept thread keeps the listener; the socket file goes now, so the endpoint is
+    // no longer reachable live once its one stream arrived (or the wait ended).
+    let _ = std::fs::remove_file(&path);
+    match got {
+        Ok(v) => v,
+        Err(_) => Err(shm::Error::Timeout(format!(
+            "no stream arrived within {}",
             humantime::format_duration(timeout)
         ))
-        .into());
+        .into()),
     }
-    Ok(listener.accept()?)
 }

@@ -607,6 +607,17 @@ impl Shared {
                 return Err(Error::Closed("the peer shut the connection down".into()));
             }
             Msg::Error(e) => tracing::warn!(code = e.code, "peer reported: {}", e.message),
+            // A sender that found this endpoint live: refused, so the message stays in the
+            // mailbox (dispatch falls back) instead of ending the session.
+            Msg::Deliver(d) => {
+                self.control_send(Msg::DeliverAck(crate::wire::catalogue::DeliverAck {
+                    message_id: d.message_id,
+                    accepted: false,
+                    reason: Some(
+                        "this connection carries streams; the message stays in the mailbox".into(),
+                    ),
+                }))?
+            }
             Msg::Pong(_) | Msg::ShutdownAck(_) => {}
             other => {
                 return Err(Error::Protocol(format!(

@@ -62,18 +62,28 @@ pub fn close(mut conn: Connection, reason: &str) {
 }
 
 /// Reads the connection until the peer's `Reply` to `request_id` (answering `Ping`s),
-/// blocking at most `timeout`. `Ok(None)` when the peer closed the connection without
-/// replying on it (it may still reply through the mailbox).
+/// blocking at most `timeout` in all. `Ok(None)` when the peer closed the connection
+/// without replying on it (it may still reply through the mailbox).
 ///
 /// # Errors
-/// Wire and socket errors, including the read timeout (`Error::Io`, `WouldBlock`/`TimedOut`).
+/// Wire and socket errors; `Error::Io` with `TimedOut` when `timeout` passed first.
 pub fn await_reply(
     conn: &mut Connection,
     request_id: &str,
     timeout: Duration,
 ) -> Result<Option<Reply>, Error> {
-    conn.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let deadline = std::time::Instant::now() + timeout;
     loop {
+        // The peer's pings keep each read short, so the deadline is checked per read.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no reply within the wait",
+            )
+            .into());
+        }
+        conn.set_read_timeout(Some(left))?;
         match conn.read_frame()?.map(|f| f.msg) {
             Some(Msg::Reply(r)) if r.reply_to == request_id => return Ok(Some(r)),
             Some(Msg::Ping(p)) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
