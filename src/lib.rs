@@ -30,5 +30,6 @@ pub mod mcp;
 pub mod route;
 pub mod shm;
 pub mod store;
+pub mod subprocess;
 pub mod transport;
 pub mod wire;

@@ -9,7 +9,7 @@
 //!   blocked in `wait` prints how long until it held the message. Baseline: one-way latency
 //!   (round trip / 2) of an 8-byte ping-pong over a raw Unix socket between two processes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -181,15 +181,7 @@ fn spawn_child(
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start the benchmark child")?;
-    let out = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::subprocess::stdout_lines(&mut child, crate::subprocess::text)?;
     Ok((child, rx))
 }
 

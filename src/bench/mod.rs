@@ -108,6 +108,28 @@ impl Recorder {
     }
 }
 
+/// Times each of `n` round trips (`once` gets the index), calling `tick` every 1000 for
+/// the progress bar.
+///
+/// # Errors
+/// The first error `once` returns.
+pub fn time_each(
+    n: usize,
+    tick: &dyn Fn(),
+    mut once: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Latency> {
+    let mut rec = Recorder::default();
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        once(i)?;
+        rec.record(t.elapsed());
+        if i % 1000 == 0 {
+            tick();
+        }
+    }
+    Ok(rec.latency())
+}
+
 /// Writes `text` to `path`, creating parent directories.
 ///
 /// # Errors

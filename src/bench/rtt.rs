@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use super::{Latency, Machine, Recorder, pin_to_cpu};
+use super::{Latency, Machine, pin_to_cpu};
 use crate::transport::{Connection, Local, handshake};
 use crate::wire::Msg;
 use crate::wire::catalogue::StreamData;
@@ -81,25 +81,19 @@ fn relay_rtt(
     conn.set_spin(layout.spin);
     pin_to_cpu(layout.cpus.0);
     let data = vec![0xA5u8; size];
-    let mut rec = Recorder::default();
-    for i in 0..n {
-        let t = Instant::now();
+    let latency = super::time_each(n, tick, |i| {
         conn.write_frame(Msg::StreamData(StreamData {
             stream_id: 1,
             offset: i as u64,
             data: data.clone(),
         }))?;
         match conn.read_frame()? {
-            Some(f) if matches!(f.msg, Msg::StreamData(_)) => {}
+            Some(f) if matches!(f.msg, Msg::StreamData(_)) => Ok(()),
             other => bail!("echo child answered {other:?}"),
         }
-        rec.record(t.elapsed());
-        if i % 1000 == 0 {
-            tick();
-        }
-    }
+    })?;
     c.wait()?;
-    Ok(rec.latency())
+    Ok(latency)
 }
 
 pub(crate) fn raw_rtt(
@@ -115,18 +109,13 @@ pub(crate) fn raw_rtt(
     pin_to_cpu(layout.cpus.0);
     let out = vec![0xA5u8; size];
     let mut back = vec![0u8; size];
-    let mut rec = Recorder::default();
-    for i in 0..n {
-        let t = Instant::now();
+    let latency = super::time_each(n, tick, |_| {
         s.write_all(&out)?;
         read_exact_spinning(&mut s, &mut back, layout.spin)?;
-        rec.record(t.elapsed());
-        if i % 1000 == 0 {
-            tick();
-        }
-    }
+        Ok(())
+    })?;
     c.wait()?;
-    Ok(rec.latency())
+    Ok(latency)
 }
 
 /// `read_exact` that polls without blocking for up to `spin` before each blocking read:

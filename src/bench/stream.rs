@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Latency, Machine, Recorder, pin_to_cpu};
+use super::{Latency, Machine, pin_to_cpu};
 use crate::shm::{Options, Session};
 use crate::transport::{Listener, Local, handshake};
 use crate::wire::catalogue::{FD_PASSING, FRAMES, SHM_STREAMS};
@@ -204,9 +204,7 @@ fn shm_rtt(dir: &Path, n: usize, spin: Duration, tick: &dyn Fn()) -> anyhow::Res
     );
     let ping = [0x5Au8; 64];
     let mut back = [0u8; 64];
-    let mut rec = Recorder::default();
-    for i in 0..n {
-        let t = Instant::now();
+    let latency = super::time_each(n, tick, |_| {
         w.write_all(&ping)?;
         let mut got = 0;
         while got < back.len() {
@@ -214,18 +212,15 @@ fn shm_rtt(dir: &Path, n: usize, spin: Duration, tick: &dyn Fn()) -> anyhow::Res
             anyhow::ensure!(k > 0, "the echo ended early");
             got += k;
         }
-        rec.record(t.elapsed());
-        if i % 1000 == 0 {
-            tick();
-        }
-    }
+        Ok(())
+    })?;
     w.finish()?;
     drop(r);
     child.wait()?;
     Ok(RoundTrip {
         path: "shm".into(),
         spin_us: spin.as_micros() as u64,
-        latency: rec.latency(),
+        latency,
     })
 }
 

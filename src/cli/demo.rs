@@ -20,7 +20,7 @@
 //! send→receive latency; exit status 0 only when nothing was lost.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -215,18 +215,8 @@ fn spawn(home: &Config, args: &[String]) -> anyhow::Result<Proc> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start a relay child process")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line)
-                && tx.send(v).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Ok(Proc { child, lines: rx })
+    let lines = crate::subprocess::stdout_lines(&mut child, crate::subprocess::json)?;
+    Ok(Proc { child, lines })
 }
 
 fn child_args(role: &str, me: &str, peer: &str, count: u32) -> Vec<String> {

@@ -2,10 +2,8 @@
 //! its socket while a dormant one gets mail through its mailbox; then a supervisor kills
 //! its child endpoint and measures how fast it notices and recovers.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -58,15 +56,7 @@ pub(crate) fn run(
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start relay listen")?;
-    let out = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::subprocess::stdout_lines(&mut child, crate::subprocess::text)?;
     let sock = transport::socket_path(&runtime, &live.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {

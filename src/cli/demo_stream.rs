@@ -2,9 +2,10 @@
 //! over a shared-memory stream and over the socket fallback (sha256 checked on the far
 //! side), then a frame publisher and a reader share 1280×720 RGBA frames.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -42,10 +43,7 @@ pub(crate) struct StreamOutcome {
 const MIB: u64 = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn peer(
-    args: &[&str],
-    stdin: Stdio,
-) -> anyhow::Result<(Child, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+fn peer(args: &[&str], stdin: Stdio) -> anyhow::Result<(Child, Receiver<Value>)> {
     let mut c = Command::new(std::env::current_exe()?)
         .arg("shm-peer")
         .args(args)
@@ -54,20 +52,21 @@ fn peer(
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start shm-peer")?;
-    let out = c.stdout.take().context("no stdout")?;
-    Ok((c, BufReader::new(out).lines()))
+    let lines = crate::subprocess::stdout_lines(&mut c, crate::subprocess::json)?;
+    Ok((c, lines))
 }
 
-fn next(lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>) -> anyhow::Result<Value> {
-    let l = lines.next().context("shm-peer ended early")??;
-    Ok(serde_json::from_str(&l)?)
+fn next(lines: &Receiver<Value>) -> anyhow::Result<Value> {
+    lines
+        .recv_timeout(DEADLINE)
+        .context("shm-peer ended or went quiet")
 }
 
 /// Sends `total` bytes of the test pattern to a hashing sink; returns (MB/s, sha matched).
 fn transfer(dir: &Path, total: u64, shm: bool) -> anyhow::Result<(f64, bool)> {
     let path = dir.join(if shm { "shm.sock" } else { "sock.sock" });
     let listener = Listener::bind(&path)?;
-    let (mut child, mut lines) = peer(
+    let (mut child, lines) = peer(
         &["sink", "--socket", &path.to_string_lossy()],
         Stdio::null(),
     )?;
@@ -100,7 +99,7 @@ fn transfer(dir: &Path, total: u64, shm: bool) -> anyhow::Result<(f64, bool)> {
     }
     w.finish_and_wait(DEADLINE)?;
     let secs = started.elapsed().as_secs_f64();
-    let got = next(&mut lines)?;
+    let got = next(&lines)?;
     let sent: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     drop(session);
     child.wait()?;
@@ -135,11 +134,11 @@ pub(crate) fn run(dir: &Path, say: &dyn Fn(String)) -> anyhow::Result<StreamOutc
 
     // Frames: the publisher runs flat out; the reader checks every frame it takes.
     let count = 600;
-    let (mut child, mut lines) = peer(
+    let (mut child, lines) = peer(
         &["publish-frames", "--count", &count.to_string()],
         Stdio::piped(),
     )?;
-    let path = next(&mut lines)?["path"]
+    let path = next(&lines)?["path"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -161,7 +160,7 @@ pub(crate) fn run(dir: &Path, say: &dyn Fn(String)) -> anyhow::Result<StreamOutc
             last = f.id;
         }
     }
-    let done = next(&mut lines)?;
+    let done = next(&lines)?;
     drop(stdin);
     child.wait()?;
     o.frames_published = done["published"].as_u64().unwrap_or(0);

@@ -42,6 +42,47 @@ fn poll_bell(
     Poll::Ready(Ok(()))
 }
 
+/// A stream half that can park on an eventfd (see `StreamReader::arm`).
+trait Park {
+    fn arm(&mut self) -> Option<std::sync::Arc<Doorbell>>;
+    fn disarm(&mut self);
+}
+
+impl Park for StreamReader {
+    fn arm(&mut self) -> Option<std::sync::Arc<Doorbell>> {
+        StreamReader::arm(self)
+    }
+    fn disarm(&mut self) {
+        StreamReader::disarm(self)
+    }
+}
+
+impl Park for StreamWriter {
+    fn arm(&mut self) -> Option<std::sync::Arc<Doorbell>> {
+        StreamWriter::arm(self)
+    }
+    fn disarm(&mut self) {
+        StreamWriter::disarm(self)
+    }
+}
+
+/// After a try that found nothing to do: arms `half` and polls its bell. `Ready(Ok(()))`
+/// means try again (woken, or progress appeared while arming).
+fn park(
+    half: &mut impl Park,
+    fd: &mut Option<AsyncFd<OwnedFd>>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    let Some(bell) = half.arm() else {
+        return Poll::Ready(Ok(()));
+    };
+    let polled = poll_bell(fd, &bell, cx);
+    if polled.is_ready() {
+        half.disarm();
+    }
+    polled
+}
+
 /// A stream's reading half as a tokio `AsyncRead`. End of stream reads as 0 bytes; a
 /// writer that vanished is `UnexpectedEof`.
 pub struct AsyncStreamReader {
@@ -81,14 +122,7 @@ impl AsyncRead for AsyncStreamReader {
                 Ok(Read::Pending) => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
-            let Some(bell) = this.inner.arm() else {
-                continue;
-            };
-            let polled = poll_bell(&mut this.fd, &bell, cx);
-            if polled.is_ready() {
-                this.inner.disarm();
-            }
-            ready!(polled)?;
+            ready!(park(&mut this.inner, &mut this.fd, cx))?;
         }
     }
 }
@@ -128,14 +162,7 @@ impl AsyncWrite for AsyncStreamWriter {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
-            let Some(bell) = this.inner.arm() else {
-                continue;
-            };
-            let polled = poll_bell(&mut this.fd, &bell, cx);
-            if polled.is_ready() {
-                this.inner.disarm();
-            }
-            ready!(polled)?;
+            ready!(park(&mut this.inner, &mut this.fd, cx))?;
         }
     }
 

@@ -268,11 +268,7 @@ impl Session {
                 if left.is_zero() {
                     break Err(Error::Timeout("the peer did not answer StreamOpen".into()));
                 }
-                st = s
-                    .cond
-                    .wait_timeout(st, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
+                st = s.wait(st, left);
             }
         };
         let on_shm = match answer {
@@ -379,11 +375,7 @@ impl Session {
             if left.is_zero() {
                 return Err(Error::Timeout("no stream was opened".into()));
             }
-            st = s
-                .cond
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+            st = s.wait(st, left);
         }
     }
 
@@ -465,9 +457,10 @@ impl Shared {
             .map_err(|_| Error::Closed("the session is shutting down".into()))
     }
 
-    fn wait<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    /// Waits on the session's condition (a frame was routed) for at most `t`.
+    fn wait<'a>(&'a self, st: MutexGuard<'a, State>, t: Duration) -> MutexGuard<'a, State> {
         self.cond
-            .wait_timeout(st, PARK_SLICE)
+            .wait_timeout(st, t)
             .map(|(g, _)| g)
             .unwrap_or_else(|e| e.into_inner().0)
     }
@@ -853,17 +846,11 @@ impl StreamWriter {
                 std::hint::spin_loop();
                 continue;
             }
-            match &mut self.path {
-                OutPath::Shm { w, ends } => {
-                    if w.park() {
-                        ends.space.wait(PARK_SLICE);
-                        w.unpark();
-                    }
-                }
-                // Rung on every credit and close for this stream; a stale ring only loops.
-                OutPath::Socket => {
-                    self.bell.wait(PARK_SLICE);
-                }
+            // Socket path: the bell is rung on every credit and close for this stream; a
+            // stale ring only loops.
+            if let Some(bell) = self.arm() {
+                bell.wait(PARK_SLICE);
+                self.disarm();
             }
         }
     }
@@ -914,7 +901,7 @@ impl StreamWriter {
                     "the reader did not finish the stream".into(),
                 ));
             }
-            st = s.wait(st);
+            st = s.wait(st, PARK_SLICE);
         }
     }
 
@@ -1092,16 +1079,9 @@ impl StreamReader {
                 std::hint::spin_loop();
                 continue;
             }
-            match &mut self.path {
-                InPath::Shm { r, ends } => {
-                    if r.park() {
-                        ends.data.wait(PARK_SLICE);
-                        r.unpark();
-                    }
-                }
-                InPath::Socket => {
-                    self.bell.wait(PARK_SLICE);
-                }
+            if let Some(bell) = self.arm() {
+                bell.wait(PARK_SLICE);
+                self.disarm();
             }
         }
     }
