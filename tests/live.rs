@@ -465,3 +465,25 @@ fn stream_recv_refuses_plain_mail_and_still_takes_the_stream() {
     assert_eq!(report["sha256"], r.doc()["sha256"]);
     assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 300_000]);
 }
+
+#[test]
+fn stream_send_to_an_unknown_or_idle_endpoint_says_what_is_wrong() {
+    let h = Home::new();
+    h.register("a");
+    h.register("b");
+    let r = h.run(&[
+        "stream",
+        "send",
+        "nobody",
+        "--as",
+        "a",
+        "--json",
+        "/dev/null",
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    assert_eq!(r.doc()["error"]["kind"], "unknown-target");
+    let r = h.run(&["stream", "send", "b", "--as", "a", "--json", "/dev/null"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let msg = r.doc()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("relay stream recv --as b"), "{msg}");
+}

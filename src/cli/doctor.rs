@@ -2,7 +2,7 @@
 //! problem. Exit 1 when any check fails.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -52,17 +52,6 @@ fn mode(p: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o777)
 }
 
-/// `$RELAY_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/relay`, else `$RELAY_HOME/run` (DESIGN §6).
-fn runtime_dir(home: &Path) -> PathBuf {
-    if let Some(d) = std::env::var_os("RELAY_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("relay");
-    }
-    home.join("run")
-}
-
 fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
     let home = &ctx.config.home;
     match ctx.store() {
@@ -91,55 +80,50 @@ fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
             Some(format!("chmod 600 {}", ctx.config.db_path().display())),
         ));
     }
-    match mode(home) {
-        Some(m) if m & 0o077 != 0 => out.push(check(
-            "data directory",
+    out.push(dir_check(
+        "data directory",
+        home,
+        "other users can read your mail",
+        (
             Status::Fail,
-            format!(
-                "{} has mode {m:o}: other users can read your mail",
-                home.display()
-            ),
-            Some(format!("chmod 700 {}", home.display())),
-        )),
-        Some(m) => out.push(check(
-            "data directory",
-            Status::Ok,
-            format!("{} mode {m:o}", home.display()),
-            None,
-        )),
-        None => out.push(check(
-            "data directory",
-            Status::Fail,
-            format!("{} is missing", home.display()),
+            "is missing",
             Some("run any relay command to create it".into()),
-        )),
-    }
-    let run = runtime_dir(home);
-    match mode(&run) {
-        Some(m) if m & 0o077 != 0 => out.push(check(
-            "runtime directory",
+        ),
+    ));
+    out.push(dir_check(
+        "runtime directory",
+        &crate::transport::runtime_dir(home),
+        "live sockets must not be reachable by others",
+        (
+            Status::Ok,
+            "not created yet (relay creates it with mode 700)",
+            None,
+        ),
+    ));
+}
+
+/// A directory that must be private (mode 700): fails with a chmod fix when others can
+/// reach it (`leak` says what that exposes); `missing` is the verdict when it is absent.
+fn dir_check(name: &str, dir: &Path, leak: &str, missing: (Status, &str, Option<String>)) -> Check {
+    match mode(dir) {
+        Some(m) if m & 0o077 != 0 => check(
+            name,
             Status::Fail,
-            format!(
-                "{} has mode {m:o}; live sockets must not be reachable by others",
-                run.display()
-            ),
-            Some(format!("chmod 700 {}", run.display())),
-        )),
-        Some(m) => out.push(check(
-            "runtime directory",
+            format!("{} has mode {m:o}: {leak}", dir.display()),
+            Some(format!("chmod 700 {}", dir.display())),
+        ),
+        Some(m) => check(
+            name,
             Status::Ok,
-            format!("{} mode {m:o}", run.display()),
+            format!("{} mode {m:o}", dir.display()),
             None,
-        )),
-        None => out.push(check(
-            "runtime directory",
-            Status::Ok,
-            format!(
-                "{} not created yet (relay creates it with mode 700)",
-                run.display()
-            ),
-            None,
-        )),
+        ),
+        None => check(
+            name,
+            missing.0,
+            format!("{} {}", dir.display(), missing.1),
+            missing.2,
+        ),
     }
 }
 

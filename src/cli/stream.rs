@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Ctx, EXIT_OK, UsageError, output};
 use crate::shm::{self, Options, Session};
-use crate::store::{Lookup, Store};
+use crate::store::Store;
 use crate::transport::{self, Connection, Listener, Local, handshake};
 use crate::wire::catalogue::{FD_PASSING, SHM_STREAMS};
 
@@ -140,19 +140,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
-    let target = match store.lookup(&a.to)? {
-        Lookup::Found(e) => e,
-        Lookup::Unknown => {
-            return Err(crate::store::Error::UnknownEndpoint { query: a.to }.into());
-        }
-        Lookup::Ambiguous(c) => {
-            return Err(crate::store::Error::AmbiguousEndpoint {
-                query: a.to,
-                candidates: c.iter().map(|e| e.label()).collect(),
-            }
-            .into());
-        }
-    };
+    let target = store.resolve(&a.to)?;
     let (mut input, total): (Box<dyn Read>, Option<u64>) = if a.file.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {
