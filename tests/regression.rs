@@ -1,0 +1,16 @@
+//! One test per fixed bug, each headed by what it pins (issue 9 and later). Each test failed
+//! on the code before its fix. Grouped by area; every area is its own file under
+//! `tests/regression/`.
+
+mod common;
+
+#[path = "regression/readers.rs"]
+mod readers;
+#[path = "regression/users.rs"]
+mod users;
+#[path = "regression/text.rs"]
+mod text;
+#[path = "regression/resources.rs"]
+mod resources;
+#[path = "regression/errors.rs"]
+mod errors;

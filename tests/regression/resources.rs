@@ -1,0 +1,4 @@
+//! Regression tests: resources (see tests/regression.rs).
+#![allow(unused_imports)]
+
+use crate::common::*;
