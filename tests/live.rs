@@ -260,16 +260,35 @@ fn a_request_to_an_endpoint_that_never_replies_is_bad_target_and_stores_nothing(
 fn the_reply_frame_comes_back_on_the_delivering_connection() {
     use relay::transport::{Local, client};
     use relay::wire::catalogue::Deliver;
+    use relay::store::{NewMessage, SqliteStore, Store};
     let h = Home::new();
     let b = h.register("b");
+    let asker = h.register("test-asker");
     let mut l = listen_with(&h, "b", &b, &["--exec", "tr a-z A-Z"]);
     let sock = runtime(&h).join(format!("{b}.sock"));
     let (state, stream) = client::probe(&sock);
     assert_eq!(state, relay::route::LiveState::Live);
-    let id = "0190f5a2-0000-7000-8000-000000000001";
+    // Stored and held for the hand-over first, as `relay send` does: the listener takes
+    // only messages its store holds for it.
+    let store = SqliteStore::open(&relay::config::Config::at(h.path())).unwrap();
+    let id = store
+        .enqueue(&NewMessage {
+            from: asker.clone(),
+            to: b.clone(),
+            thread: None,
+            reply_to: None,
+            intent: relay::store::Intent::Request,
+            content_type: "text/plain".into(),
+            body: b"frame path".to_vec(),
+            expires_at: None,
+            hold: Some(std::time::Duration::from_secs(30)),
+        })
+        .unwrap()
+        .id;
+    let id = id.as_str();
     let d = Deliver {
         message_id: id.into(),
-        from: "test-asker".into(),
+        from: asker.clone(),
         from_name: None,
         thread: None,
         reply_to: None,
@@ -278,7 +297,7 @@ fn the_reply_frame_comes_back_on_the_delivering_connection() {
         body: b"frame path".to_vec(),
         created_at: 0,
     };
-    let me = Local::new("test-asker");
+    let me = Local::new(asker.clone());
     let (ack, mut conn) = client::deliver(stream.unwrap(), &me, d, common::DEADLINE).unwrap();
     assert!(ack.accepted);
     let reply = client::await_reply(&mut conn, id, common::DEADLINE)
@@ -286,6 +305,8 @@ fn the_reply_frame_comes_back_on_the_delivering_connection() {
         .expect("a Reply frame on the same connection");
     assert_eq!(reply.body, b"FRAME PATH");
     assert_eq!(reply.reply_to, id);
+    // Answered, so acked by the listener itself.
+    assert_eq!(store.receipt(id).unwrap().state, relay::store::State::Acked);
     client::close(conn, "done");
     l.child.kill().unwrap();
     l.child.wait().unwrap();

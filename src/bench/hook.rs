@@ -104,6 +104,7 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
             content_type: TEXT_PLAIN.into(),
             body: b"build finished: 312 tests passed".to_vec(),
             expires_at: None,
+            hold: None,
         })?;
         rows[3].record(time_spawn(&mut hook(&home), payload.as_bytes())?);
         tick();

@@ -1,12 +1,17 @@
 //! `relay listen`: run a live endpoint. Mail already queued is shown first; then messages
 //! arrive over the endpoint's socket as senders hand them over, and mail that reaches the
 //! mailbox meanwhile (a sender without the live path) is picked up through the doorbell.
-//! Each message is printed once (deduplicated by id) and acked. With `--exec CMD` each
-//! request is answered with CMD's output: stored as a reply in the sender's mailbox, and
-//! sent as a `Reply` frame too when the request came over a connection still open.
+//! Each message is acked only after its line was written and flushed (DESIGN.md §11): a
+//! listener killed, or whose output stalls, leaves the rest delivered under a lease that
+//! lapses back to the mailbox. A live message is held for its hand-over, so the mailbox
+//! path never sees it too; the listener claims it in the store before it handles it.
+//!
+//! With `--exec CMD` each request is answered with CMD's output: stored as a reply in the
+//! sender's mailbox, and sent as a `Reply` frame too when the request came over a
+//! connection still open. A request is `delivered` once received and `acked` once
+//! answered; a listener killed mid-command leaves it to be answered by the next one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -45,37 +50,19 @@ pub struct Args {
     pub exec_timeout: Duration,
 }
 
-/// Replies remembered per listener, for requests seen on both paths.
-const MEMO: usize = 1024;
-
 /// Answers requests by running a command.
 struct Answerer {
     cmd: String,
     timeout: Duration,
-    /// Replies by request id. A request sent live is also in the mailbox until the sender
-    /// acks it, so both paths may see it: the command runs once (under this lock), and
-    /// whichever path comes second gets the same reply.
-    memo: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
     store: Arc<SqliteStore>,
     me: crate::store::Endpoint,
 }
 
 impl Answerer {
-    /// The reply to `m`: made once per request id (see `memo`), at most [`MEMO`] kept.
-    fn answer_once(&self, m: &Message) -> Reply {
-        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = memo.0.get(&m.id) {
-            return r.clone();
-        }
-        let r = self.answer(m);
-        memo.0.insert(m.id.clone(), r.clone());
-        memo.1.push_back(m.id.clone());
-        if memo.1.len() > MEMO
-            && let Some(old) = memo.1.pop_front()
-        {
-            memo.0.remove(&old);
-        }
-        r
+    /// How long a request being answered is leased: the command's timeout and a margin
+    /// for storing the reply. A listener killed meanwhile leaves it to the next one.
+    fn lease(&self) -> Duration {
+        self.timeout + Duration::from_secs(30)
     }
 
     /// Runs the command for `m`, stores the reply in the sender's mailbox, and returns it
@@ -166,18 +153,15 @@ impl Answerer {
     }
 }
 
+/// Prints messages as they are handled: one JSON line each with `--json`, else the
+/// human form. `output::line` flushes every line (and ends the process on a closed
+/// stdout), so a message acked after `show` returned was written out.
 struct Printer {
     json: bool,
-    seen: Mutex<HashSet<String>>,
 }
 
 impl Printer {
-    /// Prints a message unless it was printed before; true when it was new.
-    fn show(&self, m: &Message, route: &str) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.insert(m.id.clone()) {
-            return false;
-        }
+    fn show(&self, m: &Message, route: &str) {
         if self.json {
             let mut v = serde_json::to_value(m).unwrap_or_default();
             v["route"] = json!(route);
@@ -185,7 +169,14 @@ impl Printer {
         } else {
             output::line(output::messages(std::slice::from_ref(m)).trim_end());
         }
-        true
+    }
+}
+
+/// Acks one handled message; a failure is logged (the message comes back after its lease,
+/// at least once, which readers tolerate).
+fn ack_one(store: &SqliteStore, me: &str, id: &str) {
+    if let Err(e) = store.ack(Some(me), &[id.to_string()]) {
+        tracing::warn!("ack {id}: {e}");
     }
 }
 
@@ -206,7 +197,7 @@ fn from_deliver(d: crate::wire::catalogue::Deliver, me: &str) -> Message {
         body: d.body,
         created_at: d.created_at,
         expires_at: None,
-        state: crate::store::State::Acked,
+        state: crate::store::State::Delivered,
         deliveries: 1,
     }
 }
@@ -218,7 +209,6 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         Arc::new(Answerer {
             cmd,
             timeout: a.exec_timeout,
-            memo: Mutex::new((HashMap::new(), VecDeque::new())),
             store: store.clone(),
             me: me.clone(),
         })
@@ -234,10 +224,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
     let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &me.id);
     let listener = Listener::bind(&path)?;
-    let printer = Arc::new(Printer {
-        json: ctx.json,
-        seen: Mutex::new(HashSet::new()),
-    });
+    let printer = Arc::new(Printer { json: ctx.json });
     if !ctx.json {
         eprintln!("relay: {} is live on {}", me.display_name(), path.display());
     }
@@ -253,9 +240,15 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         match listener.accept() {
             Ok(conn) => {
                 let (printer, local, id) = (printer.clone(), local.clone(), me.id.clone());
-                let answerer = answerer.clone();
+                let (answerer, store) = (answerer.clone(), store.clone());
                 std::thread::spawn(move || {
-                    if let Err(e) = serve(conn, &local, &printer, answerer.as_deref(), &id) {
+                    let on = Handler {
+                        store: &store,
+                        printer: &printer,
+                        answerer: answerer.as_deref(),
+                        me: &id,
+                    };
+                    if let Err(e) = serve(conn, &local, &on) {
                         tracing::warn!("connection closed: {e}");
                     }
                 });
@@ -267,17 +260,14 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
 }
 
 fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answerer>, me: &str) {
-    // Without an answerer a message is done once printed: take it. With one, a request is
-    // done once answered: lease it, answer, then ack — a listener killed in between leaves
-    // it to be handed out again, not acked and unanswered.
+    // Leased, then each message acked once it is printed (and, with an answerer, its
+    // request answered): a listener killed or stalled in between leaves the rest to be
+    // handed out again, never acked unseen. With an answerer, one at a time: a request
+    // waits under its lease only while its own command runs.
     let fetch = Fetch {
         limit: if answerer.is_some() { 1 } else { 100 },
-        mode: if answerer.is_some() {
-            FetchMode::Deliver {
-                lease: crate::store::DEFAULT_LEASE,
-            }
-        } else {
-            FetchMode::Take
+        mode: FetchMode::Deliver {
+            lease: answerer.map_or(crate::store::DEFAULT_LEASE, Answerer::lease),
         },
         filter: Filter::default(),
     };
@@ -285,18 +275,13 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answer
         match store.wait(me, &fetch, Duration::from_secs(300)) {
             Ok(msgs) => {
                 for m in &msgs {
-                    let new = printer.show(m, "mailbox");
-                    if new
-                        && m.intent == Intent::Request
+                    printer.show(m, "mailbox");
+                    if m.intent == Intent::Request
                         && let Some(a) = answerer
                     {
-                        a.answer_once(m);
+                        a.answer(m);
                     }
-                    if answerer.is_some()
-                        && let Err(e) = store.ack(Some(me), std::slice::from_ref(&m.id))
-                    {
-                        tracing::warn!("ack {}: {e}", m.id);
-                    }
+                    ack_one(store, me, &m.id);
                 }
             }
             Err(e) => {
@@ -304,6 +289,68 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answer
                 return;
             }
         }
+    }
+}
+
+/// What a connection's messages are handed to.
+struct Handler<'a> {
+    store: &'a SqliteStore,
+    printer: &'a Printer,
+    answerer: Option<&'a Answerer>,
+    me: &'a str,
+}
+
+impl Handler<'_> {
+    /// Handles one live `Deliver`. The store decides who handles it: a message is taken
+    /// from its hand-over hold (`claim`) or refused, so it is never handled here and
+    /// through the mailbox both. Shown (and answered) before it is acked.
+    fn deliver(
+        &self,
+        conn: &mut transport::Connection,
+        d: crate::wire::catalogue::Deliver,
+    ) -> Result<(), transport::Error> {
+        let m = from_deliver(d, self.me);
+        let answerer = self.answerer.filter(|_| m.intent == Intent::Request);
+        let lease = answerer.map_or(crate::store::DEFAULT_LEASE, Answerer::lease);
+        let refuse = |conn: &mut transport::Connection, reason: String| {
+            conn.write_frame(Msg::DeliverAck(DeliverAck {
+                message_id: m.id.clone(),
+                accepted: false,
+                reason: Some(reason),
+            }))
+        };
+        match self.store.claim(self.me, &m.id, lease) {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(
+                    conn,
+                    "the message is not held for this hand-over (its hold lapsed, or it was \
+                     never stored in this endpoint's store); it is read from the mailbox"
+                        .into(),
+                );
+            }
+            Err(e) => return refuse(conn, format!("the store failed: {e}")),
+        }
+        self.printer.show(&m, "live");
+        let ack = |conn: &mut transport::Connection| {
+            conn.write_frame(Msg::DeliverAck(DeliverAck {
+                message_id: m.id.clone(),
+                accepted: true,
+                reason: None,
+            }))
+        };
+        let Some(a) = answerer else {
+            ack_one(self.store, self.me, &m.id);
+            return ack(conn);
+        };
+        // Received: the sender may stop waiting for the hand-over; the request stays
+        // `delivered` until it is answered.
+        ack(conn)?;
+        let reply = a.answer(&m);
+        ack_one(self.store, self.me, &m.id);
+        // The sender may have hung up already; the stored reply still reaches it.
+        let _ = conn.write_frame(Msg::Reply(reply));
+        Ok(())
     }
 }
 
@@ -315,9 +362,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 fn serve(
     mut conn: transport::Connection,
     local: &Local,
-    printer: &Printer,
-    answerer: Option<&Answerer>,
-    me: &str,
+    on: &Handler<'_>,
 ) -> Result<(), transport::Error> {
     // A peer that connects and says nothing must not hold this thread: the handshake and
     // every write get a deadline.
@@ -357,23 +402,7 @@ fn serve(
                     )),
                 }))?;
             }
-            Msg::Deliver(d) => {
-                let m = from_deliver(d, me);
-                printer.show(&m, "live");
-                conn.write_frame(Msg::DeliverAck(DeliverAck {
-                    message_id: m.id.clone(),
-                    accepted: true,
-                    reason: None,
-                }))?;
-                // Also when the mailbox path showed it first: the asker waits on this
-                // connection, and may have no mailbox to get the stored reply from.
-                if m.intent == Intent::Request
-                    && let Some(a) = answerer
-                {
-                    // The sender may have hung up already; the stored reply still reaches it.
-                    let _ = conn.write_frame(Msg::Reply(a.answer_once(&m)));
-                }
-            }
+            Msg::Deliver(d) => on.deliver(&mut conn, d)?,
             Msg::Ping(p) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
             Msg::Shutdown(_) => {
                 let _ = conn.write_frame(Msg::ShutdownAck(ShutdownAck {}));

@@ -1,11 +1,15 @@
 //! Carries a decision out: gather facts → [`decide`] → store (or, later, transport).
 
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::decide::{Ask, Decision, Facts, LiveState, Reason, Resolution, decide};
 use crate::clock::now_ms;
+use crate::transport::client;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 
 /// Why a send did not happen.
@@ -97,90 +101,206 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
 }
 
 /// Sends several messages all or nothing: every one is decided first, and only when none
-/// is rejected are they stored, in one transaction.
+/// is rejected are they stored, in one transaction. Each target's socket is probed once,
+/// and every live message to one target travels on one connection.
 ///
 /// # Errors
 /// As [`send`], for the first message that fails; then nothing is stored.
 pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, Error> {
+    let mut probes = Probes::default();
     let mut plans = Vec::with_capacity(reqs.len());
     let mut msgs = Vec::with_capacity(reqs.len());
     for req in reqs {
-        let p = plan(store, req)?;
+        let p = plan(store, req, &mut probes)?;
         msgs.push(p.msg.clone());
         plans.push(p);
     }
     // Stored first, always: the store is the record, and the mailbox is where a message
-    // waits if the live hand-over fails.
+    // waits if the live hand-over fails. Live messages are stored held for the hand-over,
+    // so no mailbox reader of the target sees them while it runs (DESIGN.md §7).
     let receipts = store.enqueue_batch(&msgs)?;
+    let mut conns: HashMap<PathBuf, LiveConn> = HashMap::new();
     let mut out = Vec::with_capacity(plans.len());
     for (p, receipt) in plans.into_iter().zip(receipts) {
         out.push(match p.decision {
-            Decision::Live => carry_live(store, p, receipt)?,
-            route => Sent {
-                route,
-                receipt,
-                live: None,
+            Decision::Live => carry_live(store, &p, receipt, out.len(), &mut probes, &mut conns)?,
+            route => Carried {
+                sent: Sent {
+                    route,
+                    receipt,
+                    live: None,
+                },
+                receipt_is_request: false,
             },
         });
     }
-    Ok(out)
+    // A connection that carried exactly one request stays open for its reply; the rest
+    // are closed politely.
+    for (_, c) in conns {
+        if let LiveConn::Open { conn, carried, .. } = c {
+            match carried.as_slice() {
+                [i] if out[*i].receipt_is_request => out[*i].sent.live = Some(conn),
+                _ => client::close(conn, "delivered"),
+            }
+        }
+    }
+    Ok(out.into_iter().map(|c| c.sent).collect())
 }
 
 /// How long a live hand-over may take before the message is left in the mailbox.
-const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Hands a stored message to the target's socket; on `DeliverAck` it is acked in the
-/// store. If the socket vanished since the probe, probe once more; failing that, the
-/// message stays queued in the mailbox and the route says so.
-fn carry_live(store: &dyn Store, p: Plan, receipt: Receipt) -> Result<Sent, Error> {
-    use crate::transport::{Local, client};
+/// How long a live message is held for its hand-over (two dial attempts of
+/// [`LIVE_TIMEOUT`] and margin). A sender killed mid-hand-over leaves the message to the
+/// mailbox when this lapses.
+const HOLD: Duration = Duration::from_secs(30);
+
+/// One probe per socket path: the state, and the probed stream until a hand-over uses it.
+#[derive(Default)]
+struct Probes(HashMap<PathBuf, (LiveState, Option<UnixStream>)>);
+
+impl Probes {
+    fn state(&mut self, path: &Path) -> LiveState {
+        self.0
+            .entry(path.to_path_buf())
+            .or_insert_with(|| client::probe(path))
+            .0
+    }
+
+    /// The probed stream if it is still unused, else a fresh connection.
+    fn stream(&mut self, path: &Path) -> Option<UnixStream> {
+        self.0
+            .get_mut(path)
+            .and_then(|p| p.1.take())
+            .or_else(|| client::probe(path).1)
+    }
+}
+
+/// The connection to one target during a batch.
+enum LiveConn {
+    Open {
+        conn: crate::transport::Connection,
+        /// Indexes (in the batch's output) of the messages it carried.
+        carried: Vec<usize>,
+    },
+    /// A hand-over on it failed: the rest of the batch's messages to this target go to
+    /// the mailbox instead of waiting out another timeout each.
+    Failed,
+}
+
+/// One message's outcome, with what the end of the batch needs to know.
+struct Carried {
+    sent: Sent,
+    receipt_is_request: bool,
+}
+
+/// Hands a stored, held message to the target's socket over the batch's connection to it.
+/// Accepted: the hold ends as acked (or stays the receiver's when it claimed the message to
+/// answer it: then `delivered`). Refused or failed: the hold is dropped and the message
+/// waits in the mailbox, and the route says so.
+fn carry_live(
+    store: &dyn Store,
+    p: &Plan,
+    receipt: Receipt,
+    index: usize,
+    probes: &mut Probes,
+    conns: &mut HashMap<PathBuf, LiveConn>,
+) -> Result<Carried, Error> {
+    use crate::transport::Local;
     use crate::wire::catalogue::Deliver;
-    let mut me = Local::new(p.msg.from.clone());
-    me.name = p.from_name.clone();
+    let is_request = p.msg.intent == Intent::Request;
     let deliver = Deliver {
         message_id: receipt.id.clone(),
         from: p.msg.from.clone(),
         from_name: p.from_name.clone(),
         thread: p.msg.thread.clone(),
         reply_to: p.msg.reply_to.clone(),
-        intent: u8::from(p.msg.intent == Intent::Request),
+        intent: u8::from(is_request),
         content_type: p.msg.content_type.clone(),
         body: p.msg.body.clone(),
         created_at: receipt.created_at,
     };
-    let mut stream = p.stream;
-    for attempt in 0..2 {
-        if stream.is_none() && attempt > 0 {
-            stream = p.socket.as_deref().and_then(|s| client::probe(s).1);
+    let Some(path) = p.socket.clone() else {
+        return fallback(store, p, receipt, is_request);
+    };
+    let ack = match conns.remove(&path) {
+        Some(LiveConn::Failed) => None,
+        Some(LiveConn::Open { mut conn, mut carried }) => match client::deliver_on(&mut conn, deliver) {
+            Ok(ack) => {
+                carried.push(index);
+                conns.insert(path.clone(), LiveConn::Open { conn, carried });
+                Some(ack)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "live hand-over failed");
+                None
+            }
+        },
+        None => {
+            let mut me = Local::new(p.msg.from.clone());
+            me.name = p.from_name.clone();
+            // If the socket vanished since the probe, probe once more.
+            let mut got = None;
+            for _ in 0..2 {
+                let Some(s) = probes.stream(&path) else { break };
+                match client::deliver(s, &me, deliver.clone(), LIVE_TIMEOUT) {
+                    Ok(ok) => {
+                        got = Some(ok);
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "live hand-over failed"),
+                }
+            }
+            got.map(|(ack, conn)| {
+                conns.insert(
+                    path.clone(),
+                    LiveConn::Open {
+                        conn,
+                        carried: vec![index],
+                    },
+                );
+                ack
+            })
         }
-        let Some(s) = stream.take() else { continue };
-        match client::deliver(s, &me, deliver.clone(), LIVE_TIMEOUT) {
-            Ok((ack, conn)) if ack.accepted => {
-                store.ack(Some(&p.msg.to), std::slice::from_ref(&receipt.id))?;
-                let live = if p.msg.intent == Intent::Request {
-                    Some(conn)
-                } else {
-                    client::close(conn, "delivered");
-                    None
-                };
-                return Ok(Sent {
+    };
+    match ack {
+        Some(ack) if ack.accepted => {
+            store.settle_hold(&p.msg.to, &receipt.id, true)?;
+            Ok(Carried {
+                sent: Sent {
                     route: Decision::Live,
                     receipt: store.receipt(&receipt.id)?,
-                    live,
-                });
-            }
-            Ok((ack, conn)) => {
-                client::close(conn, "refused");
-                tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
-                break;
-            }
-            Err(e) => tracing::debug!(error = %e, "live hand-over failed"),
+                    live: None,
+                },
+                receipt_is_request: is_request,
+            })
+        }
+        Some(ack) => {
+            tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
+            fallback(store, p, receipt, is_request)
+        }
+        None => {
+            conns.insert(path, LiveConn::Failed);
+            fallback(store, p, receipt, is_request)
         }
     }
-    Ok(Sent {
-        route: Decision::Mailbox,
-        receipt,
-        live: None,
+}
+
+/// The hand-over did not happen: drop the hold so the message waits in the mailbox.
+fn fallback(
+    store: &dyn Store,
+    p: &Plan,
+    receipt: Receipt,
+    is_request: bool,
+) -> Result<Carried, Error> {
+    store.settle_hold(&p.msg.to, &receipt.id, false)?;
+    Ok(Carried {
+        sent: Sent {
+            route: Decision::Mailbox,
+            receipt: store.receipt(&receipt.id)?,
+            live: None,
+        },
+        receipt_is_request: is_request,
     })
 }
 
@@ -189,13 +309,12 @@ struct Plan {
     decision: Decision,
     msg: NewMessage,
     from_name: Option<String>,
-    /// With `Live`: the probed connection and the socket path.
-    stream: Option<std::os::unix::net::UnixStream>,
-    socket: Option<std::path::PathBuf>,
+    /// With `Live`: the target's socket path.
+    socket: Option<PathBuf>,
 }
 
 /// Gathers facts, decides, and builds the message to store. Writes nothing.
-fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
+fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan, Error> {
     let lookup = store.lookup(&req.to)?;
     let (resolution, target) = match &lookup {
         Lookup::Found(e) => (Resolution::Found, Some(e)),
@@ -206,9 +325,9 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
         (Some(dir), Some(t)) => Some(crate::transport::socket_path(dir, &t.id)),
         _ => None,
     };
-    let (live, stream) = match &socket {
-        Some(path) => crate::transport::client::probe(path),
-        None => (LiveState::NoSocket, None),
+    let live = match &socket {
+        Some(path) => probes.state(path),
+        None => LiveState::NoSocket,
     };
     let facts = Facts {
         resolution,
@@ -242,7 +361,7 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
             });
         }
     };
-    let given_thread = names::optional(req.thread.clone());
+    let given_thread = names::optional_thread(req.thread.clone())?;
     let (reply_to, thread) = match &names::optional(req.reply_to.clone()) {
         None => (None, given_thread),
         Some(r) => {
@@ -264,16 +383,12 @@ fn plan(store: &dyn Store, req: SendRequest) -> Result<Plan, Error> {
         expires_at: req
             .ttl
             .map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
+        hold: (decision == Decision::Live).then_some(HOLD),
     };
     Ok(Plan {
         decision,
         from_name: req.from.name.clone(),
         msg,
-        stream: if decision == Decision::Live {
-            stream
-        } else {
-            None
-        },
         socket,
     })
 }
@@ -293,6 +408,20 @@ fn wakeable(e: &Endpoint) -> bool {
         && e.cwd
             .as_deref()
             .is_some_and(|c| std::path::Path::new(c).is_dir())
+}
+
+/// Which of [`wakeable`]'s conditions `e` fails, in words.
+fn why_not_wakeable(e: &Endpoint) -> String {
+    if !matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex) {
+        format!("it is a {} endpoint; only Claude Code and Codex sessions can be resumed", e.kind)
+    } else if !names::is_uuid_shaped(&e.id) {
+        format!("its id {} is not an agent session id (a UUID)", e.id)
+    } else {
+        match e.cwd.as_deref() {
+            None => "its working directory is not known".into(),
+            Some(c) => format!("its working directory {c} does not exist"),
+        }
+    }
 }
 
 fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Facts) -> String {
@@ -323,10 +452,7 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
             "{} cannot be woken: {}; send without --wake to leave it in the mailbox. \
              Nothing was sent",
             t.display_name(),
-            crate::agents::wake::invocation(t, "").err().map_or_else(
-                || "it is not a dormant agent session".into(),
-                |e| e.to_string()
-            )
+            why_not_wakeable(t)
         ),
         (Reason::NotWakeable, _) => format!("{} cannot be woken", req.to),
         (Reason::BadTarget, _) => format!(

@@ -7,6 +7,17 @@
 //! oldest messages that are queued or whose lease expired and marks them `delivered` with a
 //! lease; [`Store::ack`] confirms them; [`FetchMode::Take`] is fetch + ack in one
 //! transaction; [`FetchMode::Peek`] changes nothing. Readers dedupe by message id.
+//!
+//! The rule every reader follows (DESIGN.md §11, docs/store.md): **ack only what was
+//! shown**. A reader fetches under a lease, writes the messages where its consumer reads
+//! them, and acks only then; a reader that is cancelled, killed or stalled before that
+//! leaves them delivered under a lease that lapses back to the mailbox.
+//!
+//! A live hand-over holds its message ([`NewMessage::hold`]): stored `queued`, invisible
+//! to every fetch while the socket hand-over runs, so a mailbox reader of the same endpoint
+//! never sees it twice. The hand-over ends the hold with [`Store::settle_hold`]; a live
+//! receiver that keeps working on the message (answering a request) takes it over with
+//! [`Store::claim`] and acks it when done.
 
 mod doorbell;
 mod error;
@@ -109,6 +120,37 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// Backend errors.
     fn pending(&self, recipient: &str) -> Result<(u64, u64)>;
+
+    /// A live receiver takes over a message held for its hand-over: `queued` and held →
+    /// `delivered` under `lease`, so the receiver acks it when it has handled it (answered a
+    /// request), and a receiver that dies first leaves it to the mailbox when the lease
+    /// lapses. True when this call took it; false when it is not held any more (the hold
+    /// lapsed or was released, another reader has it, or it is acked) — then the receiver
+    /// must not handle it, because the mailbox path will.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<bool>;
+
+    /// Ends the hold of a live hand-over (sender side). `shown`: the receiver confirmed it
+    /// (`DeliverAck` accepted) — the message is acked, unless the receiver claimed it (then
+    /// the receiver acks it once handled). Not `shown`: the hold is dropped and the message
+    /// waits in the mailbox (its doorbell rings). Either way, a message no longer held is
+    /// left as it is. Returns the message's state afterwards.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMessage`] when no such message is addressed to `recipient`; backend
+    /// errors.
+    fn settle_hold(&self, recipient: &str, id: &str, shown: bool) -> Result<State>;
+
+    /// Gives delivered-but-unacked messages back at once, as if their lease lapsed now (a
+    /// reader that fetched them and then could not show them: a cancelled MCP call). Acked
+    /// messages and other recipients' are left alone. Rings the doorbell; returns how many
+    /// were released.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn release(&self, recipient: &str, ids: &[String]) -> Result<u64>;
 
     /// Marks messages acked. With `recipient`, only that recipient's messages can be acked;
     /// others are reported [`AckOutcome::NotYours`]. Ids may be unique prefixes.

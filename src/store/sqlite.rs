@@ -4,7 +4,6 @@
 //! `full`). Every write is one `BEGIN IMMEDIATE` transaction, so concurrent processes
 //! serialize on the write lock instead of failing on a read→write upgrade.
 
-use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ const BUSY_FIRST_NAP: Duration = Duration::from_micros(20);
 const BUSY_LONGEST_NAP: Duration = Duration::from_millis(2);
 /// Longest a waiter sleeps between looks at the database when no doorbell rings. The
 /// doorbell is the wake-up; this only bounds the damage of a lost ring.
-const BACKSTOP_POLL: Duration = Duration::from_secs(2);
+const BACKSTOP_POLL: Duration = Duration::from_secs(10);
 
 const ENDPOINT_COLS: &str =
     "id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at";
@@ -39,9 +38,6 @@ const RECEIPT_COLS: &str = "m.id, m.sender, m.recipient, e.name, m.thread, m.sta
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     bells: Doorbells,
-    /// Doorbell watches kept between waits, so a process that waits in a loop pays for an
-    /// inotify watch (a thread and a watch descriptor) once, not per wait.
-    listeners: Mutex<HashMap<String, Listener>>,
     max_body: usize,
 }
 
@@ -110,7 +106,6 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             bells: Doorbells::new(config.doorbell_dir())?,
-            listeners: Mutex::new(HashMap::new()),
             max_body: config.max_body,
         })
     }
@@ -137,7 +132,6 @@ impl SqliteStore {
         Ok(Some(SqliteStore {
             conn: Mutex::new(conn),
             bells: Doorbells::at(config.doorbell_dir()),
-            listeners: Mutex::new(HashMap::new()),
             max_body: config.max_body,
         }))
     }
@@ -173,14 +167,15 @@ impl SqliteStore {
             .optional()?)
     }
 
-    /// Earliest lease expiry among the recipient's delivered, unacked messages matching the
+    /// Earliest lease (or hold) expiry among the recipient's unacked messages matching the
     /// filter: the moment a waiter must look again even if no doorbell rings.
     fn next_lease_expiry(&self, recipient: &str, filter: &Filter) -> Result<Option<i64>> {
         let conn = self.conn();
         // Only leases still running and messages that can still be delivered: a lapsed
         // lease on an expired message would otherwise make every nap zero-length.
         let mut stmt = conn.prepare_cached(
-            "SELECT min(lease_until) FROM messages WHERE recipient = ?1 AND state = 'delivered' \
+            "SELECT min(lease_until) FROM messages WHERE recipient = ?1 \
+             AND state IN ('queued', 'delivered') \
              AND lease_until > ?4 AND (expires_at IS NULL OR expires_at > ?4) \
              AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR thread = ?3) \
              AND (?5 IS NULL OR reply_to = ?5)",
@@ -326,6 +321,11 @@ fn receipt_row(r: &Row<'_>) -> rusqlite::Result<Receipt> {
         deliveries: r.get(9)?,
         expires_at: r.get(10)?,
     })
+}
+
+/// A duration in ms for SQL, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Ids are ASCII below `~`, so every id starting with `p` sorts in `[p, p + "~")`; the
@@ -483,8 +483,8 @@ impl Store for SqliteStore {
             let mut name_of = tx.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (id, sender, sender_name, recipient, thread, reply_to, intent, \
-                   content_type, body, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                   content_type, body, created_at, expires_at, lease_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for m in msgs {
                 let sender_name: Option<String> = name_of
@@ -512,7 +512,8 @@ impl Store for SqliteStore {
                     m.content_type,
                     m.body,
                     now,
-                    m.expires_at
+                    m.expires_at,
+                    m.hold.map(|h| now.saturating_add(millis(h)))
                 ])?;
                 receipts.push(Receipt {
                     id,
@@ -531,8 +532,10 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         drop(conn);
+        // A held message is invisible to readers until its hand-over ends, so its ring
+        // waits for `settle_hold` (or the waiters' lease-expiry wake-up).
         let mut rung: Vec<&str> = Vec::new();
-        for m in msgs {
+        for m in msgs.iter().filter(|m| m.hold.is_none()) {
             if !rung.contains(&m.to.as_str()) {
                 self.bells.ring(&m.to);
                 rung.push(&m.to);
@@ -544,7 +547,8 @@ impl Store for SqliteStore {
     fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
         let now = now_ms();
         // Every statement below binds the same seven parameters; each uses what it needs.
-        let pending = "recipient = ?1 AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
+        let pending = "recipient = ?1 AND state IN ('queued', 'delivered') \
+             AND (lease_until IS NULL OR lease_until <= ?2) \
              AND (expires_at IS NULL OR expires_at > ?2) AND (?3 IS NULL OR sender = ?3) \
              AND (?4 IS NULL OR thread = ?4) \
              AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7))) \
@@ -622,12 +626,78 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM messages WHERE recipient = ?1 \
-             AND (state = 'queued' OR (state = 'delivered' AND lease_until <= ?2)) \
+             AND state IN ('queued', 'delivered') AND (lease_until IS NULL OR lease_until <= ?2) \
              AND (expires_at IS NULL OR expires_at > ?2)",
         )?;
         Ok(stmt.query_row(params![recipient, now_ms()], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?)
+    }
+
+    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let changed = self.conn().execute(
+            "UPDATE messages SET state = 'delivered', lease_until = ?4, \
+               delivered_at = coalesce(delivered_at, ?3), deliveries = deliveries + 1 \
+             WHERE id = ?1 AND recipient = ?2 AND state = 'queued' AND lease_until > ?3",
+            params![id, recipient, now, now.saturating_add(millis(lease))],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn settle_hold(&self, recipient: &str, id: &str, shown: bool) -> Result<State> {
+        let now = now_ms();
+        let held = "id = ?1 AND recipient = ?2 AND state = 'queued' AND lease_until IS NOT NULL";
+        let sql = if shown {
+            format!(
+                "UPDATE messages SET state = 'acked', acked_at = ?3, \
+                   delivered_at = coalesce(delivered_at, ?3), deliveries = deliveries + 1, \
+                   lease_until = NULL WHERE {held}"
+            )
+        } else {
+            format!("UPDATE messages SET lease_until = NULL WHERE {held} AND ?3 = ?3")
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(&sql, params![id, recipient, now])?;
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM messages WHERE id = ?1 AND recipient = ?2",
+                params![id, recipient],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.commit()?;
+        drop(conn);
+        let state = state.and_then(|s| State::parse(&s)).ok_or_else(|| Error::UnknownMessage {
+            query: id.to_string(),
+        })?;
+        if changed == 1 && !shown {
+            self.bells.ring(recipient);
+        }
+        Ok(state)
+    }
+
+    fn release(&self, recipient: &str, ids: &[String]) -> Result<u64> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET lease_until = ?3 \
+                 WHERE id = ?1 AND recipient = ?2 AND state = 'delivered' AND lease_until > ?3",
+            )?;
+            for id in ids {
+                n += stmt.execute(params![id, recipient, now])? as u64;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        if n > 0 {
+            self.bells.ring(recipient);
+        }
+        Ok(n)
     }
 
     fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>> {
@@ -722,20 +792,9 @@ impl Store for SqliteStore {
     fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>> {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         // Listen before the first look, so a commit between look and sleep still wakes us.
-        // A kept watch has been listening all along; rings it saw while nobody waited only
-        // cost one extra look. Concurrent waiters on one recipient each get their own.
-        let kept = self
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(recipient);
-        let mut bell = kept.unwrap_or_else(|| self.bells.listen(recipient));
-        let result = self.wait_with(recipient, req, deadline, &mut bell);
-        self.listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(recipient.to_string(), bell);
-        result
+        // A listener is a share of the process's one inotify instance: cheap to make.
+        let mut bell = self.bells.listen(recipient);
+        self.wait_with(recipient, req, deadline, &mut bell)
     }
 
     fn bind(&self, process: ProcessRef, endpoint_id: &str) -> Result<()> {
@@ -863,6 +922,7 @@ mod tests {
                 content_type: TEXT_PLAIN.into(),
                 body: b"x".to_vec(),
                 expires_at: None,
+            hold: None,
             })
             .unwrap()
             .id;

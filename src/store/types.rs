@@ -257,6 +257,12 @@ pub struct NewMessage {
     pub body: Vec<u8>,
     /// When it stops being deliverable, ms since the epoch.
     pub expires_at: Option<i64>,
+    /// `Some(d)`: stored `queued` but held for a hand-over already under way (a live
+    /// socket): no fetch hands it out for `d`, until the hand-over ends it with
+    /// [`super::Store::settle_hold`] or a live receiver takes it with
+    /// [`super::Store::claim`]. A hold that lapses (the sender died) leaves the message to
+    /// the mailbox. `None`: an ordinary mailbox message.
+    pub hold: Option<Duration>,
 }
 
 /// The content type of text sent from the CLI and MCP tools.

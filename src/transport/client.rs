@@ -36,11 +36,25 @@ pub fn deliver(
     let mut conn = Connection::new(stream);
     conn.set_read_timeout(Some(timeout))?;
     handshake::dial(&mut conn, me)?;
+    let ack = deliver_on(&mut conn, d)?;
+    Ok((ack, conn))
+}
+
+/// Sends one more `Deliver` on a connection [`deliver`] opened and waits for its
+/// `DeliverAck` (answering `Ping`s; a `Reply` to an earlier request is skipped, it is in
+/// the asker's mailbox too), each read bounded by the connection's read timeout. Many
+/// messages to one endpoint share one connection this way.
+///
+/// # Errors
+/// Wire and socket errors (a read timeout is `Error::Io` with `WouldBlock`/`TimedOut`);
+/// [`Error::Closed`] when the peer hangs up first.
+pub fn deliver_on(conn: &mut Connection, d: Deliver) -> Result<DeliverAck, Error> {
     let id = d.message_id.clone();
     conn.write_frame(Msg::Deliver(d))?;
     loop {
         match conn.read_frame()?.map(|f| f.msg) {
-            Some(Msg::DeliverAck(a)) if a.message_id == id => return Ok((a, conn)),
+            Some(Msg::DeliverAck(a)) if a.message_id == id => return Ok(a),
+            Some(Msg::Reply(_)) => {}
             Some(Msg::Ping(p)) => conn.write_frame(Msg::Pong(Pong { nonce: p.nonce }))?,
             Some(other) => {
                 return Err(Error::Protocol(format!(
