@@ -82,6 +82,7 @@ fn classify_store(e: &store::Error) -> (&'static str, u8) {
         TooLarge { .. } => ("too-large", EXIT_REJECTED),
         InvalidName { .. } => ("invalid-name", EXIT_USAGE),
         InvalidId { .. } => ("invalid-id", EXIT_USAGE),
+        InvalidThread { .. } => ("invalid-thread", EXIT_USAGE),
         NotADatabase { .. } => ("not-a-database", EXIT_FAILURE),
         SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
         Io { .. } => ("io", EXIT_FAILURE),

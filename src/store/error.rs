@@ -54,6 +54,15 @@ pub enum Error {
         /// The rule it broke.
         rule: String,
     },
+    /// A thread breaks the thread rule ([`super::names::check_thread`]). Nothing was
+    /// written. The thread itself is not repeated: it may be megabytes.
+    #[error("{problem}; {rule}")]
+    InvalidThread {
+        /// What is wrong: its size, or the control character and its byte offset.
+        problem: String,
+        /// The rule.
+        rule: &'static str,
+    },
     /// No endpoint has this name, id or id prefix.
     #[error(
         "no endpoint is named or has an id starting with '{query}'; see `relay roster`, or `relay register {query}`"

@@ -5,6 +5,9 @@
 //!   UUID-shaped name could be mistaken for another endpoint's id).
 //! - **Id**: 1–128 characters from `A–Z a–z 0–9 . _ -`, starting with a letter or digit.
 //!   Ids become file names (doorbells, sockets), so nothing else is allowed.
+//! - **Thread**: at most 256 bytes of UTF-8 with no control character (see
+//!   [`is_control`]): threads are shown in message headers, on terminals and in agents'
+//!   context, so they stay short and on one line.
 
 use super::Error;
 
@@ -13,9 +16,14 @@ pub const MAX_NAME: usize = 64;
 /// Longest id: 128 characters.
 pub const MAX_ID: usize = 128;
 
+/// Longest thread: 256 bytes.
+pub const MAX_THREAD: usize = 256;
+
 const NAME_RULE: &str = "names are 1-64 characters from A-Z a-z 0-9 . _ -, start with a letter or digit, and are not shaped like a UUID";
 const ID_RULE: &str =
     "ids are 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit";
+
+const THREAD_RULE: &str = "at most 256 bytes, no control characters (C0, DEL, C1, bidi controls, line or paragraph separators)";
 
 fn allowed_chars(s: &str) -> bool {
     s.bytes()
@@ -85,6 +93,59 @@ pub fn check_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// True for a character that must not reach a terminal or a header raw: C0 controls
+/// (U+0000–U+001F), DEL, C1 controls (U+0080–U+009F, NEL included), the bidi controls
+/// (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) and the line and paragraph
+/// separators U+2028, U+2029. Threads may not contain one; human output escapes them.
+pub fn is_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Checks a thread against the rule: at most [`MAX_THREAD`] bytes, no [`is_control`]
+/// character. The error states the size or the offending character and its byte offset,
+/// never the thread itself (it may be megabytes).
+///
+/// # Errors
+/// [`Error::InvalidThread`] with the problem and the rule.
+pub fn check_thread(thread: &str) -> Result<(), Error> {
+    let problem = if thread.len() > MAX_THREAD {
+        Some(format!("thread is {} bytes", thread.len()))
+    } else {
+        thread
+            .char_indices()
+            .find(|&(_, c)| is_control(c))
+            .map(|(at, c)| {
+                format!(
+                    "thread has control character U+{:04X} at byte {at}",
+                    c as u32
+                )
+            })
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::InvalidThread {
+            problem,
+            rule: THREAD_RULE,
+        }),
+    }
+}
+
+/// An optional thread as given (`""` means none, as with [`optional`]), checked with
+/// [`check_thread`].
+///
+/// # Errors
+/// [`Error::InvalidThread`] when the thread breaks the rule.
+pub fn optional_thread(thread: Option<String>) -> Result<Option<String>, Error> {
+    let thread = optional(thread);
+    if let Some(t) = &thread {
+        check_thread(t)?;
+    }
+    Ok(thread)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +175,34 @@ mod tests {
         ] {
             let err = check_name(n).unwrap_err().to_string();
             assert!(err.contains("names are 1-64 characters"), "{n:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn threads_are_short_and_free_of_controls() {
+        for t in ["build", "x]·thread 7", "日本語", &"t".repeat(256)] {
+            check_thread(t).unwrap_or_else(|e| panic!("{t:?}: {e}"));
+        }
+        let long = "t".repeat(8 << 20);
+        let e = check_thread(&long).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "thread is 8388608 bytes; at most 256 bytes, no control characters (C0, DEL, C1, \
+             bidi controls, line or paragraph separators)"
+        );
+        for (t, c) in [
+            ("a\x1b[2J", "U+001B at byte 1"),
+            ("a\nb", "U+000A at byte 1"),
+            ("ab\u{202E}", "U+202E at byte 2"),
+            ("\u{2028}", "U+2028 at byte 0"),
+            ("\u{85}", "U+0085 at byte 0"),
+            ("\x7f", "U+007F at byte 0"),
+        ] {
+            let e = check_thread(t).unwrap_err().to_string();
+            assert!(
+                e.contains(c) && e.contains("no control characters"),
+                "{t:?}: {e}"
+            );
         }
     }
 
