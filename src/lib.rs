@@ -2,29 +2,49 @@
 //! relay — a local message bus for AI agent sessions and ordinary processes.
 //!
 //! Every participant is an **endpoint** with a name and a durable **mailbox**. A message
-//! travels one way through the layers below; each layer only calls the one after it.
+//! travels one way through the layers below, in this order; a layer calls only layers
+//! after it (the router's fact and result types, such as [`route::Sent`], are shared).
 //!
 //! # Layout (data-flow order)
 //!
-//! - [`cli`] and [`mcp`] — interfaces: parse what a person or a model asked for, print the
-//!   result. They never touch SQL.
-//! - [`route`] — [`route::decide`] picks a route from facts about the target (pure, no I/O);
-//!   [`route::dispatch`] carries the decision out.
-//! - [`store`] — the [`store::Store`] trait (endpoints, messages, receipts, leases, wait) and
-//!   its SQLite backend, with a doorbell so waiters wake without polling.
-//! - [`agents`] — agent sessions: identity bindings, hooks, fence, install, discover, wake.
-//! - [`errors`] — stable error kinds and exit codes for scripts and models.
-//! - [`config`] — where data lives (`RELAY_HOME`), durability, the body cap.
-//! - [`bench`] — measurements behind `relay bench`, with their baselines.
+//! Interfaces — what a person, a model or an agent asked for comes in here, and the result
+//! goes out; they never touch SQL:
+//! - [`cli`] — the `relay` command line: one thin file per subcommand.
+//! - [`mcp`] — the relay tools over MCP on stdio.
+//! - [`agents::hook`] — agent hooks (SessionStart, UserPromptSubmit, Stop) that put mail
+//!   into a session's context, behind the untrusted-data [`agents::fence`].
 //!
-//! The live socket transport, shared-memory streams and agent hooks slot in later as
-//! `wire/`, `transport/`, `shm/` and `agents/` (see DESIGN.md §3).
+//! Routing — every send goes through here:
+//! - [`route`] — [`route::decide`] picks a route (live, mailbox, wake, reject) from facts
+//!   about the target (pure, no I/O); [`route::dispatch`] gathers the facts and carries the
+//!   decision out.
+//!
+//! Carriers — where a routed message goes:
+//! - [`transport`] — live delivery over a Unix socket: framed connections, the versioned
+//!   handshake, peer-uid checks, heartbeats and supervision; it speaks [`wire`], the frame
+//!   format and message catalogue (no I/O of its own).
+//! - [`shm`] — shared-memory byte streams and frame buffers between live endpoints, set up
+//!   over the transport.
+//! - [`store`] — the durable mailbox: the [`store::Store`] trait (endpoints, messages,
+//!   receipts, leases, wait) and its SQLite backend, with a doorbell so waiters wake
+//!   without polling.
+//! - [`agents`]' session APIs — who a session is ([`agents::identity`]), config install,
+//!   session discovery, and [`agents::wake`] for a dormant session.
+//!
+//! Alongside:
+//! - [`demo`] — `relay demo`: the main job on real processes, with a lost/duplicated count.
+//! - [`bench`](mod@bench) — measurements behind `relay bench`, with their baselines.
+//! - [`config`] — where data lives (`RELAY_HOME`), durability, the body cap.
+//! - [`errors`] — stable error kinds and exit codes for scripts and models.
+//! - [`clock`] — wall-clock milliseconds and microseconds.
+//! - [`subprocess`] — line-by-line output of child relay processes, with deadlines.
 
 pub mod agents;
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod errors;
 pub mod mcp;
 pub mod route;

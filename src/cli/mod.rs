@@ -9,9 +9,6 @@
 mod ack;
 mod bench;
 mod demo;
-mod demo_agents;
-mod demo_live;
-mod demo_stream;
 mod discover;
 mod doctor;
 mod gc;
