@@ -7,8 +7,10 @@
 //! stable names of [`crate::errors::classify`].
 
 mod server;
+mod stdio;
 
 pub use server::RelayServer;
+pub use stdio::{AfterWrite, MAX_LINE, Stdio};
 
 use rmcp::ServiceExt;
 
@@ -23,7 +25,12 @@ use crate::config::Config;
 /// When the transport fails to start or the initialize handshake fails.
 pub async fn serve_stdio(config: Config, as_: Option<String>) -> anyhow::Result<()> {
     let server = RelayServer::new(config, as_);
-    let running = server.serve(rmcp::transport::stdio()).await?;
+    let transport = Stdio::new(
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        server.after_write(),
+    );
+    let running = server.serve(transport).await?;
     running.waiting().await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, JsonObject, ServerCapabilities, ServerConfig,
 };
+use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub struct RelayServer {
     config: Config,
     me: Arc<Mutex<Option<Identity>>>,
     store: Arc<Mutex<Option<Arc<SqliteStore>>>>,
+    /// Acks wait here until their response is written (see [`super::stdio`]).
+    after: super::AfterWrite,
     tool_router: ToolRouter<RelayServer>,
 }
 
@@ -162,8 +165,16 @@ impl RelayServer {
             config,
             me: Arc::new(Mutex::new(identity::explicit(as_.as_deref()))),
             store: Arc::new(Mutex::new(None)),
+            after: super::AfterWrite::default(),
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Where this server leaves work to run once a response is written: hand it to the
+    /// transport ([`super::Stdio::new`]). Acks of mail a tool returned wait there, so mail
+    /// is acked only once the client has been sent it.
+    pub fn after_write(&self) -> super::AfterWrite {
+        self.after.clone()
     }
 
     /// Opens the store on first use, so a broken store is reported per call (with its
@@ -214,13 +225,15 @@ impl RelayServer {
         Ok(self.resolve_me(store)?.endpoint)
     }
 
-    /// Reads mail with `fetch` (which must deliver under a lease) on the blocking pool, then
-    /// — only once the messages are back in this task — acks them when `ack` is set. A
-    /// request cancelled meanwhile (the client went away) never reaches the ack, so its
-    /// messages come back after the lease instead of being acked unread. `wait_s` marks a
+    /// Reads mail with `fetch` (which must deliver under a lease) on the blocking pool;
+    /// when `ack` is set, the ack is left to run once this request's response has been
+    /// written and flushed (DESIGN.md §11: ack only what was shown). A request cancelled
+    /// meanwhile gets no response: its messages are released at once (a wait that was
+    /// cancelled while blocked), or come back when their lease lapses. `wait_s` marks a
     /// `wait` call: its result says whether it timed out.
     async fn read_then_ack(
         &self,
+        ctx: &RequestContext<RoleServer>,
         ack: bool,
         wait_s: Option<u64>,
         fetch: impl FnOnce(&RelayServer, &dyn Store, &str) -> anyhow::Result<Vec<Message>>
@@ -248,16 +261,22 @@ impl RelayServer {
             Ok(v) => v,
             Err(e) => return Ok(to_result(Err(e))),
         };
+        let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+        if ctx.ct.is_cancelled() {
+            // Nobody will see these: give them back now rather than after the lease.
+            if !ids.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || store.release(&me, &ids)).await;
+            }
+            return Ok(to_result(Err(anyhow::anyhow!("the request was cancelled"))));
+        }
         let acked = ack && !messages.is_empty();
         if acked {
-            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-            let done = tokio::task::spawn_blocking(move || store.ack(Some(&me), &ids))
-                .await
-                .map_err(|e| anyhow::anyhow!("tool task failed: {e}"))
-                .and_then(|r| r.map_err(anyhow::Error::from));
-            if let Err(e) = done {
-                return Ok(to_result(Err(e)));
-            }
+            self.after.on_written(ctx.id.clone(), move || {
+                if let Err(e) = store.ack(Some(&me), &ids) {
+                    // Shown but not acked: it comes back after its lease (at least once).
+                    tracing::warn!("ack after the response was written failed: {e}");
+                }
+            });
         }
         let mut doc = json!({"messages": messages, "acked": acked});
         if !messages.is_empty() {
@@ -391,6 +410,7 @@ impl RelayServer {
     )]
     async fn inbox(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
         let p: InboxParams = match parse(args) {
@@ -404,7 +424,7 @@ impl RelayServer {
             },
             filter: Filter::default(),
         };
-        self.read_then_ack(p.ack.unwrap_or(true), None, move |_, store, me| {
+        self.read_then_ack(&ctx, p.ack.unwrap_or(true), None, move |_, store, me| {
             Ok(store.fetch(me, &req)?)
         })
         .await
@@ -439,6 +459,7 @@ impl RelayServer {
     )]
     async fn wait(
         &self,
+        ctx: RequestContext<RoleServer>,
         Parameters(args): Parameters<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
         let p: WaitParams = match parse(args) {
@@ -446,25 +467,30 @@ impl RelayServer {
             Err(e) => return Ok(to_result(Err(e))),
         };
         let secs = p.timeout_s.unwrap_or(60);
-        self.read_then_ack(p.ack.unwrap_or(true), Some(secs), move |_, store, me| {
-            let from = match names::optional(p.from) {
-                Some(f) => Some(store.resolve(&f)?.id),
-                None => None,
-            };
-            let req = Fetch {
-                limit: 20,
-                mode: FetchMode::Deliver {
-                    lease: DEFAULT_LEASE,
-                },
-                filter: Filter {
-                    from,
-                    thread: names::optional(p.thread),
-                    ids: None,
-                    reply_to: None,
-                },
-            };
-            Ok(store.wait(me, &req, Duration::from_secs(secs))?)
-        })
+        self.read_then_ack(
+            &ctx,
+            p.ack.unwrap_or(true),
+            Some(secs),
+            move |_, store, me| {
+                let from = match names::optional(p.from) {
+                    Some(f) => Some(store.resolve(&f)?.id),
+                    None => None,
+                };
+                let req = Fetch {
+                    limit: 20,
+                    mode: FetchMode::Deliver {
+                        lease: DEFAULT_LEASE,
+                    },
+                    filter: Filter {
+                        from,
+                        thread: names::optional(p.thread),
+                        ids: None,
+                        reply_to: None,
+                    },
+                };
+                Ok(store.wait(me, &req, Duration::from_secs(secs))?)
+            },
+        )
         .await
     }
 

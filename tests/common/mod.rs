@@ -34,9 +34,10 @@ impl Home {
         self.path().join("relay.db")
     }
 
-    /// A `relay` command with this home and a clean environment.
+    /// A `relay` command with this home and a clean environment. `RELAY_TEST_BIN` runs
+    /// another build instead (e.g. the code before a fix, to see a regression test fail).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
+        let mut c = Command::new(relay_bin());
         c.args(args)
             .env("RELAY_HOME", self.path())
             .env_remove("RELAY_AS")
@@ -71,6 +72,13 @@ impl Home {
         let d = self.json(&["register", name]);
         d["endpoint"]["id"].as_str().unwrap().to_string()
     }
+}
+
+/// The relay binary under test: `RELAY_TEST_BIN` if set, else this build's.
+pub fn relay_bin() -> PathBuf {
+    std::env::var_os("RELAY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_relay")))
 }
 
 /// The outcome of one invocation.
