@@ -42,7 +42,8 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
                     ("not-wakeable", EXIT_REJECTED)
                 }
                 InProgress { .. } => ("wake-in-progress", EXIT_REJECTED),
-                Spawn { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
+                Spawn { .. } | NotOnPath { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
+                Dir(inner) => classify_store(inner),
             };
         }
         if let Some(e) = cause.downcast_ref::<crate::shm::Error>() {
@@ -84,6 +85,9 @@ fn classify_store(e: &store::Error) -> (&'static str, u8) {
         InvalidId { .. } => ("invalid-id", EXIT_USAGE),
         InvalidThread { .. } => ("invalid-thread", EXIT_USAGE),
         NotADatabase { .. } => ("not-a-database", EXIT_FAILURE),
+        ForeignDatabase { .. } => ("foreign-database", EXIT_FAILURE),
+        Home(store::home::Error::ReadOnly { .. }) => ("io", EXIT_FAILURE),
+        Home(_) => ("unsafe-home", EXIT_FAILURE),
         SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
         Io { .. } => ("io", EXIT_FAILURE),
         Sqlite(_) => ("database", EXIT_FAILURE),

@@ -5,13 +5,18 @@
 //! - Codex: `codex exec resume <uuid> --json -- <nudge>`
 //!
 //! Run in the session's working directory (refused when it no longer exists), as an argv
-//! — never through a shell — with `--` before the message, for UUID session ids only.
+//! — never through a shell — with `--` before the message, for UUID session ids only. The
+//! agent program is found on `PATH` *before* changing into that directory, in absolute
+//! `PATH` entries only: an empty or relative entry would mean the session's directory, and
+//! a `./claude` planted there must never run.
 //! One wake per target at a time: an exclusive `flock` on `$RELAY_HOME/wake/<id>.lock`,
 //! which the kernel releases if relay dies. A second wake meanwhile is refused with
 //! "wake in progress".
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,9 +57,7 @@ pub enum Error {
         id: String,
     },
     /// No working directory is known, or it is gone.
-    #[error(
-        "{name}'s working directory {cwd:?} does not exist; the session cannot be resumed there"
-    )]
+    #[error("{}", no_cwd(name, cwd.as_deref()))]
     NoCwd {
         /// Endpoint label.
         name: String,
@@ -77,10 +80,23 @@ pub enum Error {
         /// Endpoint label.
         name: String,
     },
+    /// The agent program is not in any absolute `PATH` entry.
+    #[error(
+        "cannot find {program} on PATH (searched: {searched}; empty and relative entries are skipped, since wake runs in the session's directory): is it installed?"
+    )]
+    NotOnPath {
+        /// The program looked for.
+        program: String,
+        /// The directories searched, `:`-separated.
+        searched: String,
+    },
+    /// A directory of `$RELAY_HOME/wake` is unsafe or cannot be made.
+    #[error(transparent)]
+    Dir(crate::store::Error),
     /// The agent program could not be started.
     #[error("cannot start {program}: {err} (is it installed and on PATH?)")]
     Spawn {
-        /// argv[0].
+        /// `argv[0]`.
         program: String,
         /// The OS error.
         err: std::io::Error,
@@ -95,12 +111,62 @@ pub enum Error {
     },
 }
 
+fn no_cwd(name: &str, cwd: Option<&str>) -> String {
+    match cwd {
+        Some(c) => format!(
+            "{name}'s working directory {c} does not exist; the session cannot be resumed there"
+        ),
+        None => format!(
+            "{name} has no recorded working directory; the session cannot be resumed without one"
+        ),
+    }
+}
+
+/// Where to look for programs when `PATH` is unset (glibc's `confstr(_CS_PATH)`).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// Finds `program` in the absolute entries of `path` (a `PATH` value; `None`: unset),
+/// first match wins, as `execvp` would, but skipping empty and relative entries, which
+/// would resolve against whatever directory the child runs in. A `program` containing a
+/// `/` is taken as it is, made absolute against this process's directory.
+///
+/// # Errors
+/// [`Error::NotOnPath`] when no absolute entry holds an executable file of that name.
+pub fn find_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, Error> {
+    if program.contains('/') {
+        return std::path::absolute(program).map_err(|err| Error::Spawn {
+            program: program.to_string(),
+            err,
+        });
+    }
+    let path = path.unwrap_or(OsStr::new(DEFAULT_PATH));
+    let dirs: Vec<PathBuf> = std::env::split_paths(path)
+        .filter(|d| d.is_absolute())
+        .collect();
+    for dir in &dirs {
+        let candidate = dir.join(program);
+        let is_file = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file());
+        if is_file && rustix::fs::access(&candidate, rustix::fs::Access::EXEC_OK).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(Error::NotOnPath {
+        program: program.to_string(),
+        searched: if searched.is_empty() {
+            "no absolute entries".into()
+        } else {
+            searched.join(":")
+        },
+    })
+}
+
 /// What a wake would run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invocation {
     /// Which agent.
     pub agent: Agent,
-    /// The argv, program first.
+    /// The argv, program first (an absolute path once [`run`] found it on `PATH`).
     pub argv: Vec<String>,
     /// The directory it runs in.
     pub cwd: PathBuf,
@@ -189,12 +255,13 @@ pub fn lock(relay_home: &Path, e: &Endpoint, wait: bool) -> Result<std::fs::File
         err,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(lock_err)?;
+        crate::store::home::private_dir(dir).map_err(Error::Dir)?;
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(lock_err)?;
     let op = if wait {
@@ -216,8 +283,9 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-/// Wakes `e`: takes the lock (or, with `wait_for_lock`, waits for a running wake to end
-/// first), runs the agent in the session's directory with `RELAY_AS` set to the session,
+/// Wakes `e`: finds the agent on `PATH` ([`find_program`]), takes the lock (or, with
+/// `wait_for_lock`, waits for a running wake to end first), runs the agent in the session's
+/// directory with `RELAY_AS` set to the session,
 /// waits at most `timeout` (then kills its whole process group), and reports the exit
 /// status. With `dry_run`, only plans.
 ///
@@ -231,7 +299,11 @@ pub fn run(
     dry_run: bool,
     wait_for_lock: bool,
 ) -> Result<Report, Error> {
-    let invocation = invocation(e, nudge)?;
+    let mut invocation = invocation(e, nudge)?;
+    // Resolved here, in relay's own directory: the child's PATH search would run after
+    // its chdir into the session's directory.
+    let program = find_program(&invocation.argv[0], std::env::var_os("PATH").as_deref())?;
+    invocation.argv[0] = program.to_string_lossy().into_owned();
     let mut report = Report {
         endpoint_id: e.id.clone(),
         invocation,
@@ -335,11 +407,12 @@ pub struct Started {
 /// When the log cannot be created or the process cannot start.
 pub fn start_background(relay_home: &Path, endpoint_id: &str) -> std::io::Result<Started> {
     let dir = relay_home.join("wake");
-    std::fs::create_dir_all(&dir)?;
+    crate::store::home::private_dir(&dir).map_err(std::io::Error::other)?;
     let log = dir.join(format!("{endpoint_id}.log"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)?;
     let child = Command::new(std::env::current_exe()?)
         .args(["wake", endpoint_id, "--json", "--after-running"])
@@ -375,4 +448,32 @@ pub fn follow_up(relay_home: &Path, sent: &crate::route::Sent) -> Option<FollowU
             Err(e) => FollowUp::Failed(format!("could not start the wake: {e}")),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Empty and relative PATH entries are never searched; the first absolute hit wins.
+    #[test]
+    fn programs_are_found_in_absolute_path_entries_only() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let prog = bin.join("agent");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(":bin:.:{}", bin.display());
+        assert_eq!(
+            find_program("agent", Some(OsStr::new(&path))).unwrap(),
+            prog
+        );
+        let e = find_program("agent", Some(OsStr::new(":bin:."))).unwrap_err();
+        assert!(e.to_string().contains("no absolute entries"), "{e}");
+        // Not executable: skipped.
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let only = bin.display().to_string();
+        assert!(find_program("agent", Some(OsStr::new(&only))).is_err());
+    }
 }

@@ -23,6 +23,21 @@ pub enum Error {
         /// Highest version this binary migrates to ([`super::SCHEMA_VERSION`]).
         supported: i64,
     },
+    /// A SQLite database that is not relay's: schema version 0, yet it has tables (or
+    /// other objects) of its own. It was not modified.
+    #[error(
+        "{path} is a SQLite database but not relay's (user_version 0, and it already has {objects}); it was left untouched. Move it away or point RELAY_HOME elsewhere"
+    )]
+    ForeignDatabase {
+        /// The file that was refused.
+        path: PathBuf,
+        /// What it holds, e.g. `table notes, index notes_by_time`.
+        objects: String,
+    },
+    /// The data directory or a file in it is another user's, writable by others, or not
+    /// writable by relay. Nothing was changed.
+    #[error(transparent)]
+    Home(#[from] super::home::Error),
     /// A file or directory operation failed.
     #[error("{what} {path}: {err}")]
     Io {

@@ -21,6 +21,7 @@
 
 mod doorbell;
 mod error;
+pub(crate) mod home;
 pub mod names;
 mod schema;
 mod sqlite;

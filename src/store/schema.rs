@@ -4,7 +4,8 @@
 //! version `i` to `i + 1`; each runs in its own `BEGIN IMMEDIATE` transaction together with
 //! the version bump, so a crash leaves either the old or the new version, and two processes
 //! opening a fresh database at once migrate it exactly once. A database newer than
-//! [`SCHEMA_VERSION`] is refused and never rewritten.
+//! [`SCHEMA_VERSION`], and one at version 0 that already has tables (not relay's), is
+//! refused and never rewritten.
 
 use std::io::Read;
 use std::path::Path;
@@ -103,9 +104,31 @@ pub(crate) fn check_header(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Reads the schema version and refuses one newer than this binary.
+/// How many of a foreign database's objects an error lists by name.
+const OBJECTS_NAMED: usize = 5;
+
+/// Reads the schema version and refuses one newer than this binary, and a database at
+/// version 0 that already holds tables: relay's migrations bump the version in the same
+/// transaction that creates its tables, so objects at version 0 are someone else's.
+/// Reads only.
 pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found == 0 {
+        let objects: Vec<String> = conn
+            .prepare("SELECT type || ' ' || name FROM sqlite_master ORDER BY rowid")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !objects.is_empty() {
+            let mut named = objects[..objects.len().min(OBJECTS_NAMED)].join(", ");
+            if objects.len() > OBJECTS_NAMED {
+                named.push_str(&format!(" and {} more", objects.len() - OBJECTS_NAMED));
+            }
+            return Err(Error::ForeignDatabase {
+                path: path.to_path_buf(),
+                objects: named,
+            });
+        }
+    }
     if found < 0 {
         // relay never writes a negative version: this is someone else's database.
         return Err(Error::NotADatabase {

@@ -4,8 +4,8 @@
 //! `full`). Every write is one `BEGIN IMMEDIATE` transaction, so concurrent processes
 //! serialize on the write lock instead of failing on a read→write upgrade.
 
-use std::fs::{DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,29 +50,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Logs a warning when a data directory that already existed is readable by others
-/// (`DirBuilder`'s mode only applies to directories it creates).
-fn warn_if_shared(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(dir)
-        && m.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %dir.display(), mode = format!("{:o}", m.permissions().mode() & 0o777),
-            "relay's data directory is readable by other users; fix with: chmod 700 {}", dir.display());
-    }
-}
-
-/// Creates a directory (and parents) with mode 0700.
+/// Makes sure `dir` is a private directory relay can write: created 0700 when missing,
+/// else checked and never chmod-ed (the rules are in [`super::home`]).
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|err| Error::Io {
-            what: "cannot create directory",
-            path: dir.to_path_buf(),
-            err,
-        })
+    super::home::private_dir(dir)
 }
 
 impl SqliteStore {
@@ -80,15 +61,18 @@ impl SqliteStore {
     /// 0600, schema migrated forward.
     ///
     /// # Errors
-    /// [`Error::NotADatabase`] for a file that is not SQLite and [`Error::SchemaTooNew`] for
-    /// a newer schema — both leave the file untouched; [`Error::Io`] when the directory or
-    /// file cannot be created; [`Error::Sqlite`] otherwise.
+    /// [`Error::Home`] when the directory, the database or the doorbell directory belongs
+    /// to another user, is writable by others or cannot be written by this process;
+    /// [`Error::NotADatabase`] for a file that is not SQLite, [`Error::ForeignDatabase`] for
+    /// someone else's SQLite file and [`Error::SchemaTooNew`] for a newer schema — all leave
+    /// everything untouched; [`Error::Io`] when the directory or file cannot be created;
+    /// [`Error::Sqlite`] otherwise.
     pub fn open(config: &Config) -> Result<SqliteStore> {
         create_private_dir(&config.home)?;
-        warn_if_shared(&config.home);
         let path = config.db_path();
-        schema::check_header(&path)?;
         Self::create_private_file(&path)?;
+        super::home::private_file(&path, true)?;
+        schema::check_header(&path)?;
         let mut conn = Connection::open(&path).map_err(|e| not_a_db(e, &path))?;
         conn.busy_handler(Some(busy_backoff()))?;
         // Version first: a newer database must be refused before anything could write.
@@ -121,6 +105,8 @@ impl SqliteStore {
         if !path.exists() {
             return Ok(None);
         }
+        super::home::existing_dir(&config.home)?;
+        super::home::private_file(&path, false)?;
         schema::check_header(&path)?;
         let mut conn = Connection::open_with_flags(
             &path,
@@ -136,6 +122,7 @@ impl SqliteStore {
         }))
     }
 
+    /// Creates `path` empty with mode 0600 unless it exists (then it is left as it is).
     fn create_private_file(path: &PathBuf) -> Result<()> {
         match OpenOptions::new()
             .write(true)
@@ -145,6 +132,16 @@ impl SqliteStore {
         {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::PermissionDenied
+                    || err.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) =>
+            {
+                Err(super::home::Error::ReadOnly {
+                    path: path.clone(),
+                    err,
+                }
+                .into())
+            }
             Err(err) => Err(Error::Io {
                 what: "cannot create",
                 path: path.clone(),
