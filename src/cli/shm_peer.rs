@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -78,7 +77,7 @@ pub struct Args {
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn dial(path: &Path, a: &Args) -> anyhow::Result<Session> {
-    let mut conn = Connection::new(UnixStream::connect(path)?);
+    let mut conn = Connection::new(crate::transport::client::connect(path)?);
     let mut me = Local::new(format!("shm-peer-{}", std::process::id()));
     me.capabilities = if a.no_shm {
         FD_PASSING

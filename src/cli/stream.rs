@@ -150,12 +150,14 @@ fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<u8> {
         (Box::new(f), len)
     };
     let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &target.id);
-    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        UsageError(format!(
+    // Another user's socket is refused (SO_PEERCRED) before a byte is sent.
+    let stream = transport::client::connect(&path).map_err(|e| match e {
+        transport::Error::Io(e) => UsageError(format!(
             "{} is not live ({e}); start `relay stream recv --as {}` first",
             target.display_name(),
             target.display_name()
-        ))
+        )),
+        other => UsageError(other.to_string()),
     })?;
     let mut conn = Connection::new(stream);
     let mut local = Local::new(me.id.clone());

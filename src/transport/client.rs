@@ -9,16 +9,50 @@ use crate::route::LiveState;
 use crate::wire::Msg;
 use crate::wire::catalogue::{Deliver, DeliverAck, Pong, Reply, Shutdown};
 
-/// Connects to `path`: `Live` with the stream, or why not.
+/// Connects to `path`: `Live` with the stream, or why not. A socket served by another
+/// user's process is never `Live` (DESIGN.md §6: the dialer checks SO_PEERCRED): it is
+/// `Indeterminate`, with a warning naming the socket and its uid, and nothing is written
+/// to it, so the sender falls back to the mailbox.
 pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
-    match UnixStream::connect(path) {
+    match connect(path) {
         Ok(s) => (LiveState::Live, Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+        Err(e @ Error::ForeignListener { .. }) => {
+            tracing::warn!("{e}");
+            (LiveState::Indeterminate, None)
+        }
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             (LiveState::StaleSocket, None)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (LiveState::NoSocket, None),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            (LiveState::NoSocket, None)
+        }
         Err(_) => (LiveState::Indeterminate, None),
     }
+}
+
+/// Connects to the listener at `path` and checks that it runs as our own uid
+/// (SO_PEERCRED: the credentials of the process that called `listen`). Every dial of an
+/// endpoint socket goes through here.
+///
+/// # Errors
+/// [`Error::ForeignListener`] naming the socket and its uid (the connection is closed
+/// before a byte is written); [`Error::Io`] from `connect` (e.g. `NotFound`,
+/// `ConnectionRefused` for a stale socket).
+pub fn connect(path: &Path) -> Result<UnixStream, Error> {
+    let s = UnixStream::connect(path)?;
+    let uid = rustix::net::sockopt::socket_peercred(&s)
+        .map_err(std::io::Error::from)?
+        .uid
+        .as_raw();
+    let own = rustix::process::geteuid().as_raw();
+    if uid != own {
+        return Err(Error::ForeignListener {
+            path: path.to_path_buf(),
+            uid,
+            own,
+        });
+    }
+    Ok(s)
 }
 
 /// Handshakes on `stream` as `me`, sends `d`, and waits at most `timeout` for the peer's
