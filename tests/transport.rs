@@ -187,19 +187,34 @@ fn stale_socket_files_are_reclaimed_and_live_ones_never_touched() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let live = Listener::bind(&path).expect("stale socket reclaimed");
-    // A live one is refused, naming the pid that holds it.
+    // A second listener for the endpoint is refused by its lock, naming the holder's pid.
     match Listener::bind(&path) {
-        Err(Error::InUse { pid, .. }) => assert_eq!(pid as u32, std::process::id()),
+        Err(e @ Error::Locked { pid, .. }) => {
+            assert_eq!(pid, Some(std::process::id() as i32));
+            assert!(
+                e.to_string().contains(&std::process::id().to_string()),
+                "{e}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert!(path.exists(), "the live socket was not unlinked");
+    // Something listening outside the lock (not a relay listener) is never unlinked either.
+    let other = path.with_file_name("raw.sock");
+    let _raw = std::os::unix::net::UnixListener::bind(&other).unwrap();
+    match Listener::bind(&other) {
+        Err(Error::InUse { pid, .. }) => assert_eq!(pid as u32, std::process::id()),
+        other => panic!("{other:?}"),
+    }
+    assert!(other.exists());
+    // The directory existed (0755 from create_dir_all): its mode is never rewritten.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path.parent().unwrap())
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
-    assert_eq!(mode, 0o700);
+    assert_eq!(mode, 0o755);
     drop(live);
     assert!(!path.exists(), "dropping the listener removes its socket");
 }
@@ -223,7 +238,6 @@ fn other_users_are_refused_before_a_byte_is_read() {
     }
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let path = dir.path().join("ep.sock");
     let listener = Listener::bind(&path).unwrap();
     // Open the way for the other user (relay itself keeps both at 0700/owner-only).

@@ -1,13 +1,21 @@
 //! A framed connection over a Unix stream socket: buffered frame reads (two-pass, length
 //! checked before the buffer grows), frame writes, and file descriptors passed alongside
 //! frames with SCM_RIGHTS.
+//!
+//! Reads are bounded (DESIGN.md §6): a frame must arrive whole within
+//! [`FRAME_DEADLINE`] of its first byte, or the connection is closed; a frame larger than
+//! [`LARGE_FRAME`] is read only once the process-wide [`FRAME_BUDGET`] for partly received
+//! large frames has room for all of it (until then its bytes stay in the socket, charged to
+//! the sender), so N stalled 16 MiB half-frames cannot hold N × 16 MiB.
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -15,12 +23,93 @@ use rustix::net::{
 };
 
 use super::Error;
-use crate::wire::{self, Frame, HARD_MAX_FRAME, Msg};
+use crate::wire::{self, Frame, HARD_MAX_FRAME, HEADER_LEN, Msg};
 
 /// Most file descriptors accepted with one read.
 const MAX_FDS: usize = 8;
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer that grew past this for one large frame is given back once it is empty.
+const SHRINK_ABOVE: usize = 1 << 20;
+
+/// How long a frame may take to arrive whole, from its first byte (default; see
+/// [`Connection::set_frame_deadline`]). A peer stalled inside a frame is closed after it.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// Frames (header included) larger than this many bytes need room in [`FRAME_BUDGET`]
+/// before their payload is read: 512 KiB, above the stream path's 256 KiB chunks.
+pub const LARGE_FRAME: usize = 512 * 1024;
+/// Bytes of partly received large frames one process holds at once: two frames of the
+/// 16 MiB hard cap. A large frame waits (bounded by its deadline and the read timeout)
+/// until it fits.
+pub const FRAME_BUDGET: usize = 2 * (HEADER_LEN + HARD_MAX_FRAME as usize);
+
+/// The process-wide budget for partly received large frames.
+static BUDGET: Budget = Budget {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+struct Budget {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// Room for one large frame in [`BUDGET`], given back on drop.
+#[derive(Debug)]
+struct Reservation(usize);
+
+impl Reservation {
+    /// Waits until `bytes` fit (or `until` passes: `None`).
+    fn take(bytes: usize, until: Option<Instant>) -> Option<Reservation> {
+        let bytes = bytes.min(FRAME_BUDGET);
+        let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + bytes > FRAME_BUDGET {
+            let wait = match until {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if wait.is_zero() {
+                return None;
+            }
+            used = BUDGET
+                .freed
+                .wait_timeout(used, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *used += bytes;
+        Some(Reservation(bytes))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= self.0;
+        BUDGET.freed.notify_all();
+    }
+}
+
+/// A place among a listener's open connections, given back when the connection drops.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a place when fewer than `max` are taken.
+    pub(crate) fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A framed, bidirectional connection.
 #[derive(Debug)]
@@ -39,6 +128,14 @@ pub struct Connection {
     out: Vec<u8>,
     /// Before a read blocks, poll without blocking for this long (zero: block at once).
     spin: Duration,
+    /// When the first byte of the frame now buffered in part arrived.
+    partial_since: Option<Instant>,
+    /// See [`FRAME_DEADLINE`].
+    frame_deadline: Duration,
+    /// Room in the budget for the large frame being read.
+    reservation: Option<Reservation>,
+    /// The listener's place for this connection, if a listener accepted it.
+    slot: Option<Slot>,
 }
 
 impl Connection {
@@ -55,7 +152,23 @@ impl Connection {
             seq: 0,
             out: Vec::with_capacity(256),
             spin: Duration::ZERO,
+            partial_since: None,
+            frame_deadline: FRAME_DEADLINE,
+            reservation: None,
+            slot: None,
         }
+    }
+
+    /// Keeps the listener's place for this connection until it drops.
+    pub(crate) fn hold(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// How long a frame may take to arrive whole from its first byte (default
+    /// [`FRAME_DEADLINE`]); past it [`Connection::read_frame`] fails with
+    /// [`Error::Protocol`] and the connection should be closed.
+    pub fn set_frame_deadline(&mut self, d: Duration) {
+        self.frame_deadline = d;
     }
 
     /// Spin before parking: a read first polls the socket without blocking for up to
@@ -107,21 +220,121 @@ impl Connection {
     ///
     /// # Errors
     /// [`Error::Wire`] for invalid bytes (including `Truncated` at EOF inside a frame),
-    /// [`Error::Io`] for socket errors and read timeouts.
+    /// [`Error::Io`] for socket errors and read timeouts (a partial frame stays buffered
+    /// for the next call), [`Error::Protocol`] for a frame that did not arrive whole
+    /// within the frame deadline of its first byte.
     pub fn read_frame(&mut self) -> Result<Option<Frame>, Error> {
         loop {
             if let Some((frame, used)) = wire::decode(&self.buf[self.pos..], self.max_frame)? {
                 self.pos += used;
+                self.reservation = None;
+                self.partial_since = self.has_buffered().then(Instant::now);
+                if !self.has_buffered() {
+                    self.buf.clear();
+                    self.pos = 0;
+                    if self.buf.capacity() > SHRINK_ABOVE {
+                        self.buf.shrink_to(READ_CHUNK);
+                    }
+                }
                 return Ok(Some(frame));
             }
             // Compact before reading more: drop what was consumed.
             self.buf.drain(..self.pos);
             self.pos = 0;
+            let deadline = self.partial_since.map(|t| t + self.frame_deadline);
+            if self.buf.len() >= HEADER_LEN && self.reservation.is_none() {
+                let total =
+                    HEADER_LEN + wire::frame::parse_header(&self.buf, self.max_frame)?.len as usize;
+                if total > LARGE_FRAME {
+                    let until = self.wait_until(deadline)?;
+                    match Reservation::take(total, until) {
+                        Some(r) => self.reservation = Some(r),
+                        None => return Err(self.stalled(deadline, total)),
+                    }
+                    self.buf.reserve_exact(total - self.buf.len());
+                }
+            }
+            if deadline.is_some() && !self.readable_by(deadline)? {
+                return Err(self.stalled(deadline, self.frame_len()));
+            }
             if self.fill()? == 0 {
                 wire::at_eof(&self.buf, self.max_frame)?;
                 return Ok(None);
             }
+            if self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
+            }
         }
+    }
+
+    /// The payload length the buffered header announces, header included (0: no header yet).
+    fn frame_len(&self) -> usize {
+        if self.buf.len() < HEADER_LEN {
+            return 0;
+        }
+        wire::frame::parse_header(&self.buf, self.max_frame)
+            .map_or(0, |h| HEADER_LEN + h.len as usize)
+    }
+
+    /// The earlier of the frame deadline and the socket's read timeout, from now.
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<Option<Instant>, Error> {
+        let timeout = self.stream.read_timeout()?.map(|t| Instant::now() + t);
+        Ok(match (deadline, timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Waits for the socket to be readable, at most until the frame deadline or the read
+    /// timeout. False when the frame deadline passed first.
+    ///
+    /// # Errors
+    /// A read timeout (as a socket read would report it); poll errors.
+    fn readable_by(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        let until = self.wait_until(deadline)?;
+        loop {
+            let left = until.map(|t| t.saturating_duration_since(Instant::now()));
+            let ts = left.map(|d| rustix::event::Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            });
+            let mut fds = [rustix::event::PollFd::new(
+                &self.stream,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(0) => {}
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "read timed out inside a frame",
+            )
+            .into());
+        }
+    }
+
+    /// The error for a frame that missed its deadline (or the read timeout while waiting
+    /// for budget).
+    fn stalled(&self, deadline: Option<Instant>, total: usize) -> Error {
+        if deadline.is_some_and(|d| Instant::now() < d) {
+            return std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "read timed out waiting for room for a large frame",
+            )
+            .into();
+        }
+        Error::Protocol(format!(
+            "a frame of {total} bytes did not arrive whole within {} of its first byte \
+             ({} arrived); closed",
+            humantime::format_duration(self.frame_deadline),
+            self.buf.len()
+        ))
     }
 
     /// One `recvmsg`: appends bytes to the buffer and queues any passed descriptors.

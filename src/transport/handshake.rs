@@ -2,9 +2,20 @@
 //! Nothing but `Hello` is read before it; a version or catalogue mismatch is refused with a
 //! reason naming both values, then the connection closes.
 
+use std::ops::RangeInclusive;
+
 use super::{Connection, Error};
 use crate::wire::catalogue::{Hello, HelloAck};
 use crate::wire::{CATALOGUE_HASH, HARD_MAX_FRAME, Msg, VERSION};
+
+/// Heartbeat intervals a listener accepts, ms (DESIGN.md §6: 100 ms–60 s). A `Hello`
+/// outside is refused, naming the range: clamping would leave the dialer expecting pings
+/// at an interval the listener never uses, and a refusal shows the mistake at once.
+pub const HEARTBEAT_MS: RangeInclusive<u32> = 100..=60_000;
+
+/// Largest frame read before the handshake, bytes: a `Hello` (ids and names are short),
+/// so a peer cannot make a fresh connection buffer a 16 MiB frame.
+pub const MAX_HELLO: u32 = 64 * 1024;
 
 /// What this side offers.
 #[derive(Debug, Clone)]
@@ -67,7 +78,19 @@ pub struct Session {
 /// [`Error::Refused`] with the listener's reason; [`Error::Protocol`] when the answer is
 /// not a `HelloAck`; [`Error::Closed`], wire and socket errors.
 pub fn dial(conn: &mut Connection, me: &Local) -> Result<Session, Error> {
-    conn.write_frame(Msg::Hello(me.hello()))?;
+    if let Err(e) = conn.write_frame(Msg::Hello(me.hello())) {
+        // A listener past its connection cap writes its refusal and closes without
+        // reading: the reason may be waiting even though our Hello could not go out.
+        return match conn.read_frame() {
+            Ok(Some(f)) => match f.msg {
+                Msg::HelloAck(ack) if !ack.accepted => Err(Error::Refused(
+                    ack.reason.unwrap_or_else(|| "no reason given".into()),
+                )),
+                _ => Err(e),
+            },
+            _ => Err(e),
+        };
+    }
     match conn.read_frame()?.map(|f| f.msg) {
         Some(Msg::HelloAck(ack)) if ack.accepted => {
             conn.set_max_frame(ack.max_frame);
@@ -93,8 +116,9 @@ pub fn dial(conn: &mut Connection, me: &Local) -> Result<Session, Error> {
 /// Listener side: the first frame must be `Hello`; answer `HelloAck`.
 ///
 /// # Errors
-/// [`Error::Refused`] after telling the peer why (version or catalogue mismatch, or a
-/// first frame that is not `Hello`); wire and socket errors.
+/// [`Error::Refused`] after telling the peer why (version or catalogue mismatch, a
+/// `heartbeat_ms` outside [`HEARTBEAT_MS`], or a first frame that is not `Hello`); wire
+/// and socket errors.
 pub fn accept(conn: &mut Connection, me: &Local) -> Result<Session, Error> {
     let refuse = |conn: &mut Connection, reason: String| -> Result<Session, Error> {
         let _ = conn.write_frame(Msg::HelloAck(HelloAck {
@@ -131,12 +155,23 @@ pub fn accept(conn: &mut Connection, me: &Local) -> Result<Session, Error> {
             ),
         );
     }
+    if !HEARTBEAT_MS.contains(&hello.heartbeat_ms) {
+        return refuse(
+            conn,
+            format!(
+                "heartbeat_ms {} is outside {}..={} (100 ms to 60 s)",
+                hello.heartbeat_ms,
+                HEARTBEAT_MS.start(),
+                HEARTBEAT_MS.end()
+            ),
+        );
+    }
     let session = Session {
         peer_id: hello.endpoint_id,
         peer_name: hello.name,
         capabilities: hello.capabilities & me.capabilities,
         max_frame: hello.max_frame.min(me.max_frame).min(HARD_MAX_FRAME),
-        heartbeat_ms: hello.heartbeat_ms.max(1),
+        heartbeat_ms: hello.heartbeat_ms,
     };
     conn.write_frame(Msg::HelloAck(HelloAck {
         accepted: true,

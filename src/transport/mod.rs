@@ -1,6 +1,8 @@
-//! Unix-socket transport (DESIGN.md §6): a framed [`Connection`] with fd passing and peer
-//! credentials, the versioned [`handshake`], and a [`Listener`] that reclaims stale socket
-//! files and refuses other users before reading a byte.
+//! Unix-socket transport (DESIGN.md §6): a framed [`Connection`] with fd passing, peer
+//! credentials and bounded reads, the versioned [`handshake`], a [`Listener`] that holds
+//! its endpoint's lock, reclaims stale socket files, refuses other users before reading a
+//! byte and caps its connections, and a dialer ([`client`]) that refuses sockets served
+//! by other users.
 //!
 //! Blocking std sockets, a thread per connection: a relay endpoint has a handful of peers,
 //! and a blocking read wakes faster than a reactor hop, which is what the RTT is about.
@@ -69,5 +71,57 @@ pub enum Error {
         path: PathBuf,
         /// The process holding it.
         pid: i32,
+    },
+    /// Another listener holds the endpoint's lock (one listener per endpoint).
+    #[error(
+        "another listener already runs for this endpoint (pid {}, holding {}); stop it \
+         first, or listen as another endpoint",
+        pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+        path.display()
+    )]
+    Locked {
+        /// The lock file, `<runtime dir>/<id>.lock`.
+        path: PathBuf,
+        /// The holder, when the kernel's lock table (or the file) names it.
+        pid: Option<i32>,
+    },
+    /// The runtime directory is not private to us; it was left as it is.
+    #[error(
+        "the runtime dir {path} is owned by uid {uid} with mode {mode:04o}: live sockets \
+         need a directory owned by uid {own} that no one else can write; {}",
+        if *uid != *own {
+            "set RELAY_RUNTIME_DIR to a directory of your own (e.g. `mkdir -m 700 ~/.relay-run`)"
+        } else {
+            "run `chmod go-w` on it, or set RELAY_RUNTIME_DIR to a private directory"
+        }
+    )]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// Our uid.
+        own: u32,
+    },
+    /// The listener already serves its maximum of connections; this one was closed.
+    #[error("the listener serves {max} connections already (its limit); try again later")]
+    TooManyConnections {
+        /// The cap.
+        max: usize,
+    },
+    /// The socket we dialed is served by another user's process; nothing was sent.
+    #[error(
+        "{path} is served by uid {uid}, not by this user (uid {own}): not trusted, nothing \
+         was sent over it"
+    )]
+    ForeignListener {
+        /// The socket.
+        path: PathBuf,
+        /// The listener's uid (SO_PEERCRED).
+        uid: u32,
+        /// Ours.
+        own: u32,
     },
 }
