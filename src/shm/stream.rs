@@ -15,6 +15,12 @@
 //! - reader → writer: `StreamClose {total: bytes read}` — the reader is done or gone.
 //!
 //! Stream ids: the dialer's are odd, the listener's even, so both may open at once.
+//!
+//! Memory on the socket path is bounded by the window: a writer that sends more than the
+//! reader has credited (bytes buffered and unread would exceed the window it announced)
+//! breaks the protocol, and the connection is closed at once. The windows of all socket-path
+//! streams open on one session together may not exceed [`MAX_SOCKET_WINDOWS`]; a stream
+//! that would is rejected.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
@@ -40,12 +46,18 @@ pub const DEFAULT_SLOTS: usize = 64;
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// `ErrorMsg.code` for a frame naming a stream that is not open.
 pub const ERROR_INVALID_HANDLE: u16 = 2;
+/// `ErrorMsg.code` for a protocol violation that closes the connection (e.g. stream data
+/// past the credit window).
+pub const ERROR_PROTOCOL: u16 = 3;
 /// Largest `StreamData` payload the socket path sends, bytes.
 const MAX_CHUNK: usize = 256 * 1024;
 /// How long `open` waits for the peer's StreamAccept.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Parked waits wake at least this often to notice a dead connection.
 const PARK_SLICE: Duration = Duration::from_millis(100);
+/// Sum of the credit windows of the socket-path streams a session reads at once, bytes
+/// (64 MiB: 64 streams of the default window). Bounds what a peer can make us buffer.
+pub const MAX_SOCKET_WINDOWS: u64 = 64 << 20;
 
 /// Options for a [`Session`].
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +118,8 @@ struct State {
     incoming: VecDeque<u32>,
     answers: HashMap<u32, Result<bool, String>>,
     shm_in_use: usize,
+    /// Sum of the windows of incoming socket-path streams open now, bytes.
+    socket_windows: u64,
     /// Why the connection ended, once it has.
     gone: Option<String>,
 }
@@ -457,6 +471,17 @@ impl Shared {
             .map_err(|_| Error::Closed("the session is shutting down".into()))
     }
 
+    /// Best effort, for a connection about to close: writes `msg` if no stream writer holds
+    /// the socket now, waiting at most 100 ms for the peer to take it.
+    fn tell_peer(&self, msg: Msg) {
+        if let Ok(mut out) = self.out.try_lock() {
+            let _ = out
+                .stream()
+                .set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = out.write_frame(msg);
+        }
+    }
+
     /// Waits on the session's condition (a frame was routed) for at most `t`.
     fn wait<'a>(&'a self, st: MutexGuard<'a, State>, t: Duration) -> MutexGuard<'a, State> {
         self.cond
@@ -484,6 +509,10 @@ impl Shared {
             }
         };
         tracing::debug!("stream session ended: {why}");
+        // Nothing more is read, so nothing more may be sent to us: close both directions
+        // (the session's other handles share the socket), so a peer that broke the
+        // protocol sees the close at once.
+        let _ = conn.stream().shutdown(std::net::Shutdown::Both);
         let mut st = self.lock();
         st.gone = Some(why);
         // Wake every shared-memory half: its peer cannot make progress any more.
@@ -529,10 +558,32 @@ impl Shared {
                         broken,
                         bell,
                         total,
+                        window,
                         shm: None,
                         ..
                     }) => {
                         bell.ring();
+                        let unread = buf.len() as u64;
+                        if unread + d.data.len() as u64 > *window {
+                            let why = format!(
+                                "stream {}: the writer sent {} bytes with {unread} unread, past \
+                                 its {}-byte credit window (protocol error; the connection was \
+                                 closed)",
+                                d.stream_id,
+                                d.data.len(),
+                                window
+                            );
+                            *broken = Some(why.clone());
+                            // Nothing buffered will be read now: give the memory back.
+                            *buf = VecDeque::new();
+                            drop(st);
+                            self.cond.notify_all();
+                            self.tell_peer(Msg::Error(ErrorMsg {
+                                code: ERROR_PROTOCOL,
+                                message: why.clone(),
+                            }));
+                            return Err(Error::Protocol(why));
+                        }
                         if d.offset != *received {
                             *broken = Some(format!(
                                 "stream data at offset {} where {} was expected",
@@ -665,6 +716,28 @@ impl Shared {
             }
         }
         let on_shm = ends.is_some();
+        let window = u64::from(o.capacity);
+        if !on_shm {
+            let reason = if window == 0 {
+                Some("capacity 0: a socket-path stream needs the writer's credit window".into())
+            } else if st.socket_windows + window > MAX_SOCKET_WINDOWS {
+                Some(format!(
+                    "a {window}-byte window would take this session's socket-path windows \
+                     to {} bytes, over its {MAX_SOCKET_WINDOWS}-byte limit",
+                    st.socket_windows + window
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                drop(st);
+                return self.control_send(Msg::StreamReject(StreamReject {
+                    stream_id: id,
+                    reason,
+                }));
+            }
+            st.socket_windows += window;
+        }
         st.streams.insert(
             id,
             Slot::In {
@@ -674,7 +747,7 @@ impl Shared {
                 received: 0,
                 total: None,
                 broken: None,
-                window: u64::from(o.capacity).max(1),
+                window,
                 claimed: false,
             },
         );
@@ -1128,10 +1201,12 @@ impl StreamReader {
         }
         self.tell_writer();
         let mut st = self.session.lock();
-        if let Some(Slot::In { shm, .. }) = st.streams.remove(&self.id)
-            && shm.is_some()
-        {
-            st.shm_in_use -= 1;
+        match st.streams.remove(&self.id) {
+            Some(Slot::In { shm: Some(_), .. }) => st.shm_in_use -= 1,
+            Some(Slot::In {
+                shm: None, window, ..
+            }) => st.socket_windows -= window,
+            _ => {}
         }
     }
 }
