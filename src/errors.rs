@@ -22,6 +22,13 @@ pub const EXIT_TIMEOUT: u8 = 4;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Input over a hard limit that is not the body cap (that one is
+/// [`store::Error::TooLarge`]), e.g. more than 16 MiB on `send --stdin`; the text names the
+/// limit. Nothing was sent. Kind `too-large`, exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TooLarge(pub String);
+
 /// Maps an error to its kebab-case kind and exit status by the first typed cause found.
 pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
     for cause in err.chain() {
@@ -63,6 +70,9 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
             .is_some()
         {
             return ("config", EXIT_FAILURE);
+        }
+        if cause.downcast_ref::<TooLarge>().is_some() {
+            return ("too-large", EXIT_REJECTED);
         }
         if cause.downcast_ref::<UsageError>().is_some()
             || cause.downcast_ref::<ConfigError>().is_some()

@@ -1,5 +1,7 @@
 //! The `relay` binary: parse, run, map errors to exit codes (DESIGN.md §10).
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,8 +18,11 @@ fn main() -> ExitCode {
             let _ = e.print();
             // clap: 0 for --help/--version, 2 for usage errors.
             let code = e.exit_code().clamp(0, 255) as u8;
-            if code != 0 && std::env::args().any(|a| a == "--json") {
-                cli::line(&cli::usage_document(&e.kind().to_string()).to_string());
+            // args_os: a non-UTF-8 argument must not panic here.
+            if code != 0 && std::env::args_os().any(|a| a == "--json") {
+                // The whole reason ("invalid value '100000' for '--limit <LIMIT>': …"), as
+                // the plain error says it, not just its kind.
+                cli::line(&cli::usage_document(&e.render().to_string()).to_string());
             }
             return ExitCode::from(code);
         }
@@ -37,13 +42,39 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RELAY_LOG` (default: warnings).
+/// Logs go to stderr, filtered by `RELAY_LOG` (default: warnings), coloured only for a
+/// person: see [`colour`].
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
+}
+
+/// Whether log lines get ANSI colour: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). A pipe or file — often a model's tool
+/// output — gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+    }
 }

@@ -38,14 +38,14 @@ pub enum What {
 /// Arguments of `relay bench rtt`.
 #[derive(Debug, clap::Args)]
 pub struct RttArgs {
-    /// Round trips per row.
+    /// Round trips per row [range: 100-10000000]
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
     pub n: u32,
-    /// Payload bytes per message.
+    /// Payload bytes per message [range: 1-1048576]
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub size: u32,
     /// Also run the different-CPU placement spinning this many µs before each blocking
-    /// read (spin-then-park), next to blocking at once. 0 skips that row.
+    /// read (spin-then-park), next to blocking at once. 0 skips that row [range: 0-10000]
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub spin_us: u64,
     /// Where to write the Markdown report.
@@ -56,7 +56,7 @@ pub struct RttArgs {
 /// Arguments of `relay bench throughput`.
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
-    /// Messages per row.
+    /// Messages per row [range: 1000-100000000]
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1000..=100_000_000))]
     pub n: u32,
     /// Where to write the Markdown report.
@@ -67,10 +67,10 @@ pub struct ThroughputArgs {
 /// Arguments of `relay bench stream`.
 #[derive(Debug, clap::Args)]
 pub struct StreamArgs {
-    /// MiB moved per throughput row.
+    /// MiB moved per throughput row [range: 1-65536]
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub mib: u64,
-    /// Round trips per latency row.
+    /// Round trips per latency row [range: 100-10000000]
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
     pub n: u32,
     /// Where to write the Markdown report.
@@ -81,7 +81,7 @@ pub struct StreamArgs {
 /// Arguments of `relay bench hook`.
 #[derive(Debug, clap::Args)]
 pub struct HookArgs {
-    /// Samples per row.
+    /// Samples per row [range: 10-100000]
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub n: u32,
     /// Where to write the Markdown report.
@@ -92,7 +92,7 @@ pub struct HookArgs {
 /// Arguments of `relay bench mailbox`.
 #[derive(Debug, clap::Args)]
 pub struct MailboxArgs {
-    /// Sends per latency phase (wake-up uses N/4, at least 100).
+    /// Sends per latency phase (wake-up uses N/4, at least 100) [range: 100-1000000]
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
     pub n: u32,
     /// Where to write the Markdown report.

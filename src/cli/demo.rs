@@ -8,13 +8,13 @@ use crate::store::Store;
 /// Arguments of `relay demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Concurrent sender processes in the burst (at least 1).
+    /// Concurrent sender processes in the burst [range: 1-64]
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub senders: u32,
-    /// Messages each sender sends.
+    /// Messages each sender sends [range: 1-100000]
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub per_sender: u32,
-    /// Request/reply rounds in the conversation.
+    /// Request/reply rounds in the conversation [range: 1-1000]
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: u32,
     /// Keep the temporary RELAY_HOME and print its path.

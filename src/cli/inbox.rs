@@ -25,7 +25,7 @@ pub struct ReadArgs {
     /// Show pending mail without changing anything.
     #[arg(long, conflicts_with = "no_ack")]
     pub peek: bool,
-    /// At most this many messages, oldest first.
+    /// At most this many messages, oldest first [range: 1-10000]
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
     /// Mark the messages delivered but do not ack them; unacked messages are handed out

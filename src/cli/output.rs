@@ -72,9 +72,13 @@ pub fn error_document(err: &anyhow::Error) -> Value {
     json!({"ok": false, "error": {"kind": kind, "message": format!("{err:#}"), "exit_code": code}})
 }
 
-/// The JSON document for a command line clap refused (exit 2).
+/// The JSON document for a command line clap refused (exit 2). `message` is clap's whole
+/// rendered error (what was wrong, any tip, the usage line); its leading `error: ` is
+/// dropped, since the document already says it is one.
 pub fn usage_document(message: &str) -> Value {
-    json!({"ok": false, "error": {"kind": "usage", "message": message.trim(), "exit_code": 2}})
+    let message = message.trim();
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    json!({"ok": false, "error": {"kind": "usage", "message": message, "exit_code": 2}})
 }
 
 /// The exit status for a failed command.

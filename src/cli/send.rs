@@ -69,14 +69,24 @@ struct Batch {
     count: usize,
 }
 
-/// Reads stdin up to the hard cap + 1 byte, so an oversized body is measured, refused by
-/// the router, and never held in full.
-fn read_stdin() -> anyhow::Result<Vec<u8>> {
+/// Reads stdin up to the hard cap (16 MiB) + 1 byte, so more than the cap is never held
+/// and never sent in part (with `--lines`, the lines past it would be lost). A body over
+/// `body_cap` but within the hard cap is refused by the router with its exact size.
+fn read_stdin(body_cap: usize) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     std::io::stdin()
         .lock()
         .take(MAX_BODY_LIMIT as u64 + 1)
         .read_to_end(&mut buf)?;
+    if buf.len() > MAX_BODY_LIMIT {
+        return Err(crate::errors::TooLarge(format!(
+            "stdin is more than {} MiB, the most `send --stdin` reads (and each body is capped \
+             at {body_cap} bytes, RELAY_MAX_BODY); nothing was sent: send less, or stream it \
+             with `relay stream`",
+            MAX_BODY_LIMIT >> 20
+        ))
+        .into());
+    }
     Ok(buf)
 }
 
@@ -93,7 +103,7 @@ fn utf8(bytes: Vec<u8>) -> anyhow::Result<String> {
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let bodies: Vec<String> = if a.stdin {
-        let text = utf8(read_stdin()?)?;
+        let text = utf8(read_stdin(ctx.config.max_body)?)?;
         if a.lines {
             text.lines()
                 .filter(|l| !l.is_empty())
