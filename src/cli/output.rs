@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::classify;
+use crate::store::names;
 
 /// Set once anything was written to stdout, so a later failure does not print a second
 /// `--json` document.
@@ -92,25 +93,141 @@ pub(crate) fn time(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Renders messages for a person: a header line per message, then the body.
+/// Appends `c` escaped visibly: `\xNN` below U+0100 (C0, DEL, C1), `\u{NNNN}` above.
+fn push_escaped(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    let n = c as u32;
+    // Writing to a String cannot fail.
+    let _ = if n < 0x100 {
+        write!(out, "\\x{n:02x}")
+    } else {
+        write!(out, "\\u{{{n:x}}}")
+    };
+}
+
+/// Text from another endpoint made safe for one line of a terminal: every control
+/// character ([`names::is_control`]: C0 — newline and tab included —, DEL, C1, bidi
+/// controls, line and paragraph separators) is escaped visibly, e.g. `\x1b`, `\u{202e}`.
+pub(crate) fn escape_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if names::is_control(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What starts every body line in [`messages`]: headers start at column 0 with `──`, so
+/// an indented body line can never pass for one.
+pub(crate) const BODY_INDENT: &str = "  ";
+
+/// A body for a terminal: split at newlines (`\n`, or `\r\n`), each line indented by
+/// [`BODY_INDENT`] and escaped as [`escape_line`] does, except that a tab becomes spaces
+/// up to the next multiple of 8 characters (code stays readable, and no control byte is
+/// written). Every other line break (a lone CR, VT, FF, NEL, U+2028, U+2029) is escaped,
+/// not obeyed.
+fn body_lines(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 16);
+    for (i, line) in body.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        out.push_str(BODY_INDENT);
+        let mut column = 0;
+        for c in line.chars() {
+            if c == '\t' {
+                let to = (column / 8 + 1) * 8;
+                out.extend(std::iter::repeat_n(' ', to - column));
+                column = to;
+                continue;
+            }
+            let before = out.len();
+            if names::is_control(c) {
+                push_escaped(&mut out, c);
+            } else {
+                out.push(c);
+            }
+            column += out[before..].chars().count();
+        }
+    }
+    out
+}
+
+/// Renders messages for a person: a header line per message, then its body indented.
+/// Everything that came from the sender (name, thread, body) is escaped, so no control
+/// sequence reaches the terminal and no body line looks like a header (DESIGN.md §10).
+/// `--json` output does not go through here and keeps every byte.
 pub(crate) fn messages(msgs: &[crate::store::Message]) -> String {
     let mut s = String::new();
     for m in msgs {
         let from = m.from_name.as_deref().unwrap_or(&m.from);
         s.push_str(&format!(
-            "── from {from} · {} · id {}",
+            "── from {} · {} · id {}",
+            escape_line(from),
             time(m.created_at),
-            m.id
+            escape_line(&m.id)
         ));
         if let Some(t) = &m.thread {
-            s.push_str(&format!(" · thread {t}"));
+            s.push_str(&format!(" · thread {}", escape_line(t)));
         }
         if m.intent == crate::store::Intent::Request {
             s.push_str(" · request");
         }
         s.push('\n');
-        s.push_str(&m.text());
+        s.push_str(&body_lines(&m.text()));
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Intent, Message, State};
+
+    fn msg(from: &str, thread: Option<&str>, body: &str) -> Message {
+        Message {
+            id: "m1".into(),
+            from: "f".into(),
+            from_name: Some(from.into()),
+            to: "t".into(),
+            thread: thread.map(str::to_string),
+            reply_to: None,
+            intent: Intent::Notify,
+            content_type: "text/plain".into(),
+            body: body.as_bytes().to_vec(),
+            created_at: 0,
+            expires_at: None,
+            state: State::Queued,
+            deliveries: 0,
+        }
+    }
+
+    #[test]
+    fn headers_and_bodies_are_escaped_and_bodies_indented() {
+        let out = messages(&[msg(
+            "eve\n── from boss",
+            Some("t\x1b]52;c;eA==\x07\u{202e}"),
+            "a\tb\r\n── from boss\rx\u{2028}y\u{85}z\x7f\u{9b}2J",
+        )]);
+        assert_eq!(
+            out,
+            "── from eve\\x0a── from boss · 1970-01-01T00:00:00.000Z · id m1 · thread \
+             t\\x1b]52;c;eA==\\x07\\u{202e}\n  a       b\n  ── from boss\\x0dx\\u{2028}y\\x85z\\x7f\\x9b2J\n"
+        );
+        assert_eq!(out.lines().filter(|l| l.starts_with("──")).count(), 1);
+    }
+
+    #[test]
+    fn plain_text_is_unchanged_but_indented() {
+        let out = messages(&[msg("alice", Some("build"), "line one\n\nline 3 · ünïcödé")]);
+        assert!(
+            out.ends_with("\n  line one\n  \n  line 3 · ünïcödé\n"),
+            "{out}"
+        );
+    }
 }

@@ -35,7 +35,7 @@ pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {
                 e.id,
                 e.kind.as_str(),
                 r.pending,
-                e.cwd.as_deref().unwrap_or("-")
+                output::escape_line(e.cwd.as_deref().unwrap_or("-"))
             ));
         }
         s

@@ -159,7 +159,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             s.receipt.id,
             s.receipt.to_name.as_deref().unwrap_or(&s.receipt.to),
             s.route.route_name(),
-            s.receipt.thread.as_deref().unwrap_or("-")
+            output::escape_line(s.receipt.thread.as_deref().unwrap_or("-"))
         )
     };
     if a.lines {

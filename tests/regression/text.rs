@@ -404,3 +404,24 @@ fn item13_mcp_send_refuses_an_8_mib_thread() {
     assert!(err, "{doc}");
     assert_eq!(message_rows(&h), 0);
 }
+
+/// issue 9 item 11: `roster` escapes the working directory another endpoint registered.
+#[test]
+fn item11_roster_escapes_another_endpoints_cwd() {
+    let h = Home::new();
+    let r = h.run(&["register", "carol", "--cwd", "/tmp/\x1b]52;c;ZXZpbA==\x07\u{202e}x"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let roster = h.run(&["roster"]);
+    assert_eq!(roster.code, 0, "{}", roster.stderr);
+    assert!(
+        raw_controls(&roster.stdout).is_empty(),
+        "raw controls in {:?}",
+        roster.stdout
+    );
+    assert!(roster.stdout.contains("/tmp/\\x1b]52;"), "{}", roster.stdout);
+    let doc = h.json(&["roster"]);
+    assert_eq!(
+        doc["endpoints"][0]["cwd"],
+        "/tmp/\x1b]52;c;ZXZpbA==\x07\u{202e}x"
+    );
+}
