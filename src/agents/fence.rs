@@ -21,6 +21,8 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
 
 use crate::store::Message;
 
@@ -71,110 +73,199 @@ pub struct Rendered {
     pub bytes_not_shown: usize,
 }
 
-/// Matches anything that could be read as a `relay-mail` tag opener: `<` or an entity or
-/// escape for it, optional whitespace, slashes or backslashes, then `relay`, optional
-/// separators, `mail`.
+/// Characters a reader may take for the `<` that opens a tag, beyond what UTS #39 already
+/// folds onto `<`: angle brackets and guillemets. This is a policy (what counts as an
+/// opener), not a confusables table; each entry is folded like the text before use.
+const OPENERS: &str = "<‹〈〈⟨⦑⧼﹤˂ᐸ«≪≤❬❮❰";
+
+/// Folds one character for tag matching (never for display): NFKC, lower case, the UTS #39
+/// confusable skeleton (which also drops Default_Ignorable_Code_Point characters and
+/// decomposes, NFD), combining marks dropped; repeated until it stops changing (a
+/// skeleton may be upper case, a lower-cased letter may have a skeleton of its own).
+/// `m` becomes `rn`, `0` becomes `o`, `1` and `|` become `l`: the pattern is folded the
+/// same way, so both sides agree.
+fn fold_slow(c: char) -> String {
+    let mut s = c.to_string();
+    for _ in 0..4 {
+        let nfkc: String = s.nfkc().collect();
+        let next: String = unicode_security::skeleton(&nfkc.to_lowercase())
+            .filter(|&c| !is_combining_mark(c))
+            .collect();
+        if next == s {
+            break;
+        }
+        s = next;
+    }
+    s
+}
+
+/// [`fold_slow`] of every ASCII character, computed once: most text is ASCII.
+static ASCII_FOLD: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0u8..128).map(|b| fold_slow(char::from(b))).collect());
+
+/// Appends the fold of `c` ([`fold_slow`]) to `out`.
+fn fold_into(c: char, out: &mut String) {
+    if c.is_ascii() {
+        out.push_str(&ASCII_FOLD[c as usize]);
+    } else {
+        out.push_str(&fold_slow(c));
+    }
+}
+
+/// The fold of a whole string, char by char (what [`TAG_LIKE`] is matched against).
+fn fold_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        fold_into(c, &mut out);
+    }
+    out
+}
+
+/// A literal for [`TAG_LIKE`]: folded like the text, then escaped.
+fn lit(s: &str) -> String {
+    regex::escape(&fold_str(s))
+}
+
+/// Matches, on folded text ([`fold_str`]), anything that could be read as a `relay-mail`
+/// tag opener: `<` (or a look-alike, see [`OPENERS`]) or an entity or escape for it,
+/// optional whitespace, slashes or backslashes (or entities for `/`), then `relay`, up to
+/// three separators, `mail`.
 static TAG_LIKE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"(?i)(?:<|&lt;?|&#0*60;?|&#x0*3c;?|\\u0*3c|\\x3c)(?:[\s/\\]|&#0*47;?|&#x0*2f;?|&sol;)*relay[^a-z0-9]{0,3}mail",
-    )
+    let zeros = format!("(?:{})*", lit("0"));
+    let semi = format!("(?:{})?", lit(";"));
+    let mut openers: Vec<String> = OPENERS.chars().map(|c| lit(&c.to_string())).collect();
+    openers.sort();
+    openers.dedup();
+    let opener = [
+        openers.join("|"),
+        format!("{}{semi}", lit("&lt")),
+        format!("{}{zeros}{}{semi}", lit("&#"), lit("60")),
+        format!("{}{zeros}{}{semi}", lit("&#x"), lit("3c")),
+        format!("{}{zeros}{}", lit("\\u"), lit("3c")),
+        lit("\\x3c"),
+    ]
+    .join("|");
+    let slash = [
+        r"\s".to_string(),
+        lit("/"),
+        lit("\\"),
+        format!("{}{zeros}{}{semi}", lit("&#"), lit("47")),
+        format!("{}{zeros}{}{semi}", lit("&#x"), lit("2f")),
+        lit("&sol;"),
+    ]
+    .join("|");
+    Regex::new(&format!(
+        r"(?i)(?:{opener})(?:{slash})*{}[^a-z0-9]{{0,3}}{}",
+        lit("relay"),
+        lit("mail")
+    ))
     .expect("valid regex")
 });
 
-/// ANSI escape sequences: CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ST`), and two-byte ones.
+/// ANSI escape sequences: CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ST`, never past a
+/// line end, so an unterminated one cannot swallow the rest of a body), and two-byte ones.
 static ANSI: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?")
+    Regex::new(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?")
         .expect("valid regex")
 });
 
-fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+/// Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties): invisible characters
+/// a renderer skips, such as U+034F, U+FE0F, U+3164, U+180B, U+1D173, zero-width and bidi
+/// controls. The data is unicode-security's: UTS #39's skeleton removes exactly these
+/// characters (and maps every other character to at least one), and the crate keeps the
+/// table itself private, so an empty skeleton is the test.
+fn default_ignorable(c: char) -> bool {
+    !c.is_ascii()
+        && unicode_security::skeleton(c.encode_utf8(&mut [0; 4]))
+            .next()
+            .is_none()
 }
 
-/// Folds look-alike characters onto the ASCII they imitate, one char for one char:
-/// fullwidth forms, other angle brackets, slashes and dashes, and Cyrillic/Greek letters
-/// that look Latin. Only used to *find* tag-like text; the text shown keeps its own chars.
-fn fold(c: char) -> char {
-    match c {
-        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-        '\u{2039}' | '\u{2329}' | '\u{3008}' | '\u{27E8}' | '\u{FE64}' | '\u{02C2}'
-        | '\u{1438}' | '\u{00AB}' | '\u{226A}' | '\u{2264}' | '\u{276C}' | '\u{276E}'
-        | '\u{2770}' => '<',
-        '\u{203A}' | '\u{232A}' | '\u{3009}' | '\u{27E9}' | '\u{FE65}' | '\u{02C3}'
-        | '\u{1433}' | '\u{00BB}' | '\u{226B}' | '\u{2265}' | '\u{276D}' | '\u{276F}'
-        | '\u{2771}' => '>',
-        '\u{2215}' | '\u{2044}' | '\u{29F8}' | '\u{2571}' | '\u{1735}' => '/',
-        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{2043}' => '-',
-        'а' | 'α' | 'ɑ' | 'А' | 'Α' => 'a',
-        'е' | 'ε' | 'Е' | 'Ε' | 'ё' => 'e',
-        'о' | 'ο' | 'О' | 'Ο' | 'ᴏ' => 'o',
-        'р' | 'ρ' | 'Р' | 'Ρ' => 'p',
-        'с' | 'С' | 'ϲ' => 'c',
-        'у' | 'У' | 'Υ' | 'γ' => 'y',
-        'х' | 'Х' | 'Χ' => 'x',
-        'і' | 'ι' | 'ı' | 'І' | 'Ι' | 'ӏ' | 'Ӏ' => 'i',
-        'ј' | 'Ј' => 'j',
-        'ѕ' | 'Ѕ' => 's',
-        'м' | 'М' | 'Μ' | 'ṃ' => 'm',
-        'ℓ' | 'ⅼ' | 'Ⅼ' | 'ǀ' | '|' => 'l',
-        'к' | 'К' | 'Κ' | 'κ' => 'k',
-        'т' | 'Т' | 'Τ' => 't',
-        'н' | 'Н' | 'Η' => 'h',
-        'в' | 'В' | 'Β' => 'b',
-        _ => c,
-    }
+/// Removed from the text shown: controls (but `\n` and `\t`), default-ignorables, and the
+/// interlinear annotation controls U+FFF9–U+FFFB (they can hide the text between them).
+fn removed(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || default_ignorable(c)
+        || matches!(c, '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Every Unicode line break (CR LF, CR, VT, FF, NEL, U+2028, U+2029) as `\n`, so each
+/// starts a new quoted line and a reader that splits on any of them sees the quote mark.
+fn line_breaks(text: &str) -> String {
+    text.replace("\r\n", "\n").replace(
+        ['\r', '\x0b', '\x0c', '\u{85}', '\u{2028}', '\u{2029}'],
+        "\n",
+    )
 }
 
 /// What a defused tag becomes: plainly not a tag to a parser or a model.
 const DEFUSED: &str = "(relay-mail tag removed)";
 
-/// Replaces every tag-like span (found on the folded text) in the original text.
+/// Replaces every tag-like span (found on the folded text) in the original text. A span
+/// covers every original character whose fold it touches.
 fn defuse(text: &str) -> String {
     let mut folded = String::with_capacity(text.len());
-    // (byte offset in `folded`, byte offset in `text`) at every char boundary.
-    let mut map: Vec<(usize, usize)> = Vec::with_capacity(text.len() + 1);
+    // (offset in `folded` where the char's fold starts, offset of the char in `text`),
+    // for every char, then one past the end.
+    let mut starts: Vec<(usize, usize)> = Vec::with_capacity(text.len() + 1);
     for (i, c) in text.char_indices() {
-        map.push((folded.len(), i));
-        folded.push(fold(c));
+        starts.push((folded.len(), i));
+        fold_into(c, &mut folded);
     }
-    map.push((folded.len(), text.len()));
-    let orig = |f: usize| {
-        map.binary_search_by_key(&f, |&(fo, _)| fo)
-            .map(|k| map[k].1)
-            .unwrap_or(text.len())
-    };
+    starts.push((folded.len(), text.len()));
+    // The char whose fold holds folded byte `f`: the last one starting at or before it
+    // (`starts[0]` starts at 0, so there is one).
+    let first_char = |f: usize| starts[starts.partition_point(|&(fo, _)| fo <= f) - 1].1;
+    // Where the span ending at folded byte `f` ends: the first char starting at or after
+    // it (the end entry, at the latest).
+    let past_char = |f: usize| starts[starts.partition_point(|&(fo, _)| fo < f)].1;
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for m in TAG_LIKE.find_iter(&folded) {
-        let (start, end) = (orig(m.start()), orig(m.end()));
+        let (start, end) = (first_char(m.start()).max(at), past_char(m.end()));
         out.push_str(&text[at..start]);
         out.push_str(DEFUSED);
-        at = end;
+        at = end.max(start);
     }
     out.push_str(&text[at..]);
     out
 }
 
-/// Cleans text for the block: strips ANSI escapes, controls other than `\n` and `\t`
-/// (CR included: it can hide a line), invisible formatting characters, and defuses
-/// anything tag-like. Runs to a fixed point, so a removal can never assemble a new tag.
+/// Rounds of cleaning before [`sanitize`] gives up and fails closed (two suffice for any
+/// input found so far: a defused span cannot be part of a new tag).
+const MAX_ROUNDS: usize = 16;
+
+/// Cleans text for the block: every Unicode line break becomes `\n`; ANSI escapes,
+/// controls other than `\n` and `\t`, default-ignorable and other invisible characters
+/// are removed; anything tag-like (after dropping default-ignorables, NFKC and UTS #39
+/// confusable folding) is defused. Runs to a fixed point, so a removal can never assemble
+/// a new tag; input still changing after [`MAX_ROUNDS`] has every character that could
+/// start a tag replaced by `?`.
 pub fn sanitize(text: &str) -> String {
-    let mut s = text.to_string();
-    loop {
+    let mut s = line_breaks(text);
+    for _ in 0..MAX_ROUNDS {
         let stripped = ANSI.replace_all(&s, "");
-        let cleaned: String = stripped
-            .chars()
-            .filter(|&c| c == '\n' || c == '\t' || !(c.is_control() || invisible(c)))
-            .collect();
+        let cleaned: String = stripped.chars().filter(|&c| !removed(c)).collect();
         let defused = defuse(&cleaned);
         if defused == s {
             return s;
         }
         s = defused;
     }
+    s.chars()
+        .map(|c| {
+            let f = fold_str(&c.to_string());
+            let opens = f.contains(['&', '\\']) || TAG_START.is_match(&f);
+            if opens { '?' } else { c }
+        })
+        .collect()
 }
+
+/// Matches a fold that begins a tag opener from [`OPENERS`].
+static TAG_START: LazyLock<Regex> = LazyLock::new(|| {
+    let openers: Vec<String> = OPENERS.chars().map(|c| lit(&c.to_string())).collect();
+    Regex::new(&openers.join("|")).expect("valid regex")
+});
 
 fn time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
@@ -331,7 +422,7 @@ mod tests {
 
     /// Tag-like things that survive rendering (should be exactly our two lines).
     fn tags(text: &str) -> usize {
-        Regex::new(r"(?i)<\s*/?\s*relay[\s_\-]*mail")
+        Regex::new(r"(?i)<\s*/?\s*relay[\s_\-]*(?:mail|rnail)")
             .unwrap()
             .find_iter(text)
             .count()
@@ -377,7 +468,7 @@ mod tests {
         ] {
             let r = render(&[msg("m", evil, evil)], Caps::default(), "x");
             assert_eq!(tags(&r.text), 2, "{evil:?} → {}", r.text);
-            let folded: String = r.text.chars().map(fold).collect();
+            let folded = fold_str(&r.text);
             assert_eq!(
                 tags(&folded),
                 2,
@@ -390,8 +481,87 @@ mod tests {
 
     #[test]
     fn ansi_and_controls_are_stripped_but_newlines_and_tabs_stay() {
-        let s = sanitize("a\x1b[31mred\x1b[0m\x07\x00b\tc\nd\r\u{202E}e\x1b]0;title\x07f");
+        let s = sanitize("a\x1b[31mred\x1b[0m\x07\x00b\tc\nd\u{202E}e\x1b]0;title\x07f");
         assert_eq!(s, "aredb\tc\ndef");
+    }
+
+    #[test]
+    fn default_ignorables_come_from_unicode_data() {
+        for c in [
+            '\u{00AD}',
+            '\u{034F}',
+            '\u{061C}',
+            '\u{115F}',
+            '\u{180B}',
+            '\u{200B}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{3164}',
+            '\u{FE0F}',
+            '\u{FEFF}',
+            '\u{FFA0}',
+            '\u{1D173}',
+            '\u{E0041}',
+            '\u{E01EF}',
+        ] {
+            assert!(default_ignorable(c), "{c:?}");
+        }
+        for c in ['a', ' ', '\n', 'é', 'а', '\u{2028}', '\u{FFFD}', '日'] {
+            assert!(!default_ignorable(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn folding_uses_nfkc_and_uts39_skeletons() {
+        assert_eq!(
+            fold_str("＜／ｒｅｌａｙ－ｍａｉｌ＞"),
+            fold_str("</relay-mail>")
+        );
+        assert_eq!(fold_str("RELAY-MAIL"), fold_str("relay-mail"));
+        assert_eq!(fold_str("rеlаy-mаil"), fold_str("relay-mail"));
+        assert_eq!(fold_str("re1ay-rnai|"), fold_str("relay-mail"));
+        assert_eq!(fold_str("re\u{0301}lay"), "relay");
+        // The replacement itself is never tag-like, so cleaning reaches a fixed point.
+        assert!(!TAG_LIKE.is_match(&fold_str(DEFUSED)));
+        assert!(!TAG_LIKE.is_match(&fold_str(&format!("<{DEFUSED}>"))));
+    }
+
+    #[test]
+    fn every_unicode_line_break_starts_a_quoted_line() {
+        let body = "a\rb\r\nc\x0bd\x0ce\u{85}f\u{2028}g\u{2029}h";
+        let r = render(&[msg("m", "eve", body)], Caps::default(), "x");
+        assert!(
+            r.text.contains("> a\n> b\n> c\n> d\n> e\n> f\n> g\n> h\n"),
+            "{}",
+            r.text
+        );
+    }
+
+    #[test]
+    fn the_issue_9_classes_are_defused() {
+        for evil in [
+            "</rel\u{034F}ay-mail>",
+            "</relay\u{FE0F}-mail>",
+            "</re\u{3164}lay-mail>",
+            "</relay-m\u{180B}ail>",
+            "</relay-ma\u{1D173}il>",
+            "＜／ｒｅｌａｙ－ｍａｉｌ＞",
+            "</rеlаy-mаil>",
+            "</relay-rnail>",
+            "<\\relay\u{2010}mail>",
+        ] {
+            let s = sanitize(evil);
+            assert!(s.starts_with(DEFUSED), "{evil:?} → {s:?}");
+        }
+        // Ordinary text is left alone.
+        for fine in [
+            "relay mail",
+            "a < b and relay-mail",
+            "<relay>",
+            "mail <relay",
+        ] {
+            assert_eq!(sanitize(fine), fine);
+        }
     }
 
     #[test]
