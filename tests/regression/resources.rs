@@ -230,6 +230,63 @@ fn stalled_half_frames_do_not_hold_their_size_in_memory() {
     drop(l);
 }
 
+/// issue 9 item 15: every read has a deadline. A peer that sends part of a frame and then
+/// stalls (or trickles a byte now and then) blocked `read_frame` forever when the caller
+/// had no read timeout; now a frame must arrive whole within the frame deadline of its
+/// first byte, or the read fails with a protocol error naming the deadline.
+#[test]
+fn a_half_frame_has_a_deadline_even_without_a_read_timeout() {
+    for trickle in [false, true] {
+        let (raw, ours) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours);
+        conn.set_read_timeout(None).unwrap();
+        conn.set_frame_deadline(Duration::from_millis(300));
+        let mut bytes = Vec::new();
+        relay::wire::encode(
+            &relay::wire::Frame {
+                seq: 0,
+                msg: Msg::Ping(relay::wire::catalogue::Ping { nonce: 1 }),
+            },
+            1 << 20,
+            &mut bytes,
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
+            // All but the last byte, slowly when trickling; the frame never completes.
+            let n = bytes.len() - 1;
+            let step = if trickle { 1 } else { n };
+            for chunk in bytes[..n].chunks(step) {
+                if (&raw).write_all(chunk).is_err() {
+                    break;
+                }
+                if stop_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    break;
+                }
+            }
+            let _ = stop_rx.recv_timeout(Duration::from_secs(30));
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        std::thread::spawn(move || drop(tx.send(conn.read_frame().map(|_| ()))));
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        let took = started.elapsed();
+        drop(stop_tx);
+        feeder.join().unwrap();
+        match got {
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("did not arrive whole") && e.contains("300ms"),
+                    "{e}"
+                );
+                assert!(took < Duration::from_secs(5), "closed after {took:?}");
+            }
+            other => panic!("a stalled half-frame (trickle {trickle}) was not closed: {other:?}"),
+        }
+    }
+}
+
 /// issue 9 item 16: a stream writer that ignores the credit window while the receiver's
 /// output is stalled pushed 512 MiB into a receiver with a 64 KiB window. Bytes past the
 /// window are a protocol error: the connection is closed, the receiver's memory stays
