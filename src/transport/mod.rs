@@ -89,10 +89,12 @@ pub enum Error {
     #[error(
         "the runtime dir {path} is owned by uid {uid} with mode {mode:04o}: live sockets \
          need a directory owned by uid {own} that no one else can write; {}",
-        if *uid != *own {
+        if *uid != *own || *mode & 0o1000 != 0 {
+            // Someone else's, or a shared sticky directory such as /tmp: not ours to narrow.
             "set RELAY_RUNTIME_DIR to a directory of your own (e.g. `mkdir -m 700 ~/.relay-run`)"
         } else {
-            "run `chmod go-w` on it, or set RELAY_RUNTIME_DIR to a private directory"
+            "if it is meant to be private, `chmod go-w` it; else set RELAY_RUNTIME_DIR to a \
+             private directory"
         }
     )]
     UnsafeDir {
