@@ -612,3 +612,67 @@ fn a_frame_buffer_takes_one_reader_and_refuses_a_forged_slot_length() {
         Ok(_) => panic!("a forged slot length must be refused"),
     }
 }
+
+#[test]
+fn data_past_the_credit_window_closes_the_session_and_socket_windows_are_capped() {
+    use relay::shm::stream::{ERROR_PROTOCOL, MAX_SOCKET_WINDOWS};
+    let (x, y) = UnixStream::pair().unwrap();
+    let opts = Options {
+        slots: 0,
+        ..Options::default()
+    };
+    let session = Session::new(Connection::new(x), FD_PASSING, false, opts).unwrap();
+    let mut raw = Connection::new(y);
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    // A window that would take the session past its cap is rejected, naming the limit.
+    let open = |raw: &mut Connection, id, capacity| {
+        raw.write_frame(Msg::StreamOpen(StreamOpen {
+            stream_id: id,
+            capacity,
+            shm: false,
+        }))
+        .unwrap();
+        raw.read_frame().unwrap().map(|f| f.msg)
+    };
+    let too_big = (MAX_SOCKET_WINDOWS + 1) as u32;
+    match open(&mut raw, 1, too_big) {
+        Some(Msg::StreamReject(r)) => {
+            assert!(
+                r.reason.contains(&MAX_SOCKET_WINDOWS.to_string()),
+                "{}",
+                r.reason
+            )
+        }
+        other => panic!("expected StreamReject, got {other:?}"),
+    }
+    assert!(matches!(
+        open(&mut raw, 3, 4096),
+        Some(Msg::StreamAccept(_))
+    ));
+    let mut r = session.accept(DEADLINE).unwrap();
+    // 4096 bytes fit the window; one more byte unread is a protocol error.
+    for (offset, len) in [(0u64, 4096usize), (4096, 1)] {
+        raw.write_frame(Msg::StreamData(StreamData {
+            stream_id: 3,
+            offset,
+            data: vec![7; len],
+        }))
+        .unwrap();
+    }
+    match raw.read_frame().map(|f| f.map(|f| f.msg)) {
+        Ok(Some(Msg::Error(e))) => {
+            assert_eq!(e.code, ERROR_PROTOCOL);
+            assert!(e.message.contains("credit window"), "{}", e.message);
+        }
+        other => panic!("expected an Error frame, got {other:?}"),
+    }
+    assert!(
+        matches!(raw.read_frame(), Ok(None) | Err(_)),
+        "the connection is closed"
+    );
+    let mut buf = [0u8; 64];
+    match r.read(&mut buf) {
+        Err(Error::Corrupt(why)) => assert!(why.contains("credit window"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
