@@ -1,7 +1,7 @@
 //! `relay doctor`: is relay set up right? One line per check, and one concrete fix per
 //! problem. Exit 1 when any check fails.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -46,12 +46,6 @@ fn check(
     }
 }
 
-fn mode(p: &Path) -> Option<u32> {
-    std::fs::metadata(p)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o777)
-}
-
 fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
     let home = &ctx.config.home;
     match ctx.store() {
@@ -83,7 +77,7 @@ fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
     out.push(dir_check(
         "data directory",
         home,
-        "other users can read your mail",
+        "other users can list what is in it",
         (
             Status::Fail,
             "is missing",
@@ -102,28 +96,58 @@ fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
     ));
 }
 
-/// A directory that must be private (mode 700): fails with a chmod fix when others can
-/// reach it (`leak` says what that exposes); `missing` is the verdict when it is absent.
+/// A directory that must be private (mode 700), judged as relay judges it
+/// (`store::home`): another owner or write access for others fails (relay refuses it);
+/// read access for others is a warning (relay uses it, `leak` says what that exposes);
+/// `missing` is the verdict when it is absent.
 fn dir_check(name: &str, dir: &Path, leak: &str, missing: (Status, &str, Option<String>)) -> Check {
-    match mode(dir) {
-        Some(m) if m & 0o077 != 0 => check(
-            name,
-            Status::Fail,
-            format!("{} has mode {m:o}: {leak}", dir.display()),
-            Some(format!("chmod 700 {}", dir.display())),
-        ),
-        Some(m) => check(
-            name,
-            Status::Ok,
-            format!("{} mode {m:o}", dir.display()),
-            None,
-        ),
-        None => check(
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return check(
             name,
             missing.0,
             format!("{} {}", dir.display(), missing.1),
             missing.2,
-        ),
+        );
+    };
+    let m = meta.mode() & 0o7777;
+    let own = rustix::process::geteuid().as_raw();
+    let chmod = Some(format!("chmod 700 {}", dir.display()));
+    if meta.uid() != own {
+        check(
+            name,
+            Status::Fail,
+            format!(
+                "{} is owned by {}, not by you ({}); relay refuses it",
+                dir.display(),
+                crate::store::home::user(meta.uid()),
+                crate::store::home::user(own)
+            ),
+            Some("use a directory of your own (set RELAY_HOME or RELAY_RUNTIME_DIR)".into()),
+        )
+    } else if m & 0o022 != 0 {
+        check(
+            name,
+            Status::Fail,
+            format!(
+                "{} has mode {m:o}: other users can write to it; relay refuses it",
+                dir.display()
+            ),
+            chmod,
+        )
+    } else if m & 0o077 != 0 {
+        check(
+            name,
+            Status::Warn,
+            format!("{} has mode {m:o}: {leak}", dir.display()),
+            chmod,
+        )
+    } else {
+        check(
+            name,
+            Status::Ok,
+            format!("{} mode {m:o}", dir.display()),
+            None,
+        )
     }
 }
 

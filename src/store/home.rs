@@ -91,7 +91,7 @@ fn described(path: &Path, target: Option<&Path>) -> String {
 }
 
 /// `uid 1000 (alice)`, or `uid 1000` when /etc/passwd does not name it.
-fn user(uid: u32) -> String {
+pub(crate) fn user(uid: u32) -> String {
     match user_name(uid) {
         Some(name) => format!("uid {uid} ({name})"),
         None => format!("uid {uid}"),

@@ -533,3 +533,30 @@ fn logs_to_a_pipe_are_not_coloured() {
     assert!(r.stderr.contains("migrated schema"), "{}", r.stderr);
     assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
 }
+
+/// issue 9 item 7: `relay doctor` judges the data directory as relay does: ours at 0755 is
+/// a warning (relay uses it), ours at 0770 a failure (relay refuses it); both name the fix.
+#[test]
+fn doctor_judges_the_home_as_relay_does() {
+    let verdict = |m: u32| {
+        let h = Home::new();
+        h.register("a");
+        chmod(&h.path(), m);
+        let r = h.run(&["doctor", "--json"]);
+        let d = r.doc();
+        let c = d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "data directory")
+            .unwrap()
+            .clone();
+        if c["status"] != "ok" {
+            assert_eq!(c["fix"], format!("chmod 700 {}", h.path().display()));
+        }
+        c["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(verdict(0o755), "warn");
+    assert_eq!(verdict(0o770), "fail");
+    assert_eq!(verdict(0o700), "ok");
+}
