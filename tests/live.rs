@@ -258,9 +258,9 @@ fn a_request_to_an_endpoint_that_never_replies_is_bad_target_and_stores_nothing(
 
 #[test]
 fn the_reply_frame_comes_back_on_the_delivering_connection() {
+    use relay::store::{NewMessage, SqliteStore, Store};
     use relay::transport::{Local, client};
     use relay::wire::catalogue::Deliver;
-    use relay::store::{NewMessage, SqliteStore, Store};
     let h = Home::new();
     let b = h.register("b");
     let asker = h.register("test-asker");

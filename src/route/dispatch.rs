@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::decide::{Ask, Decision, Facts, LiveState, Reason, Resolution, decide};
 use crate::clock::now_ms;
-use crate::transport::client;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
+use crate::transport::client;
 
 /// Why a send did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +225,10 @@ fn carry_live(
     };
     let ack = match conns.remove(&path) {
         Some(LiveConn::Failed) => None,
-        Some(LiveConn::Open { mut conn, mut carried }) => match client::deliver_on(&mut conn, deliver) {
+        Some(LiveConn::Open {
+            mut conn,
+            mut carried,
+        }) => match client::deliver_on(&mut conn, deliver) {
             Ok(ack) => {
                 carried.push(index);
                 conns.insert(path.clone(), LiveConn::Open { conn, carried });
@@ -413,7 +416,10 @@ fn wakeable(e: &Endpoint) -> bool {
 /// Which of [`wakeable`]'s conditions `e` fails, in words.
 fn why_not_wakeable(e: &Endpoint) -> String {
     if !matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex) {
-        format!("it is a {} endpoint; only Claude Code and Codex sessions can be resumed", e.kind)
+        format!(
+            "it is a {} endpoint; only Claude Code and Codex sessions can be resumed",
+            e.kind
+        )
     } else if !names::is_uuid_shaped(&e.id) {
         format!("its id {} is not an agent session id (a UUID)", e.id)
     } else {

@@ -308,6 +308,9 @@ mod tests {
         ringer.join().unwrap();
         let start = Instant::now();
         listeners[0].wait(Duration::from_millis(200));
-        assert!(start.elapsed() >= Duration::from_millis(200), "ep0 was not rung");
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "ep0 was not rung"
+        );
     }
 }

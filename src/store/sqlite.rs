@@ -666,9 +666,11 @@ impl Store for SqliteStore {
             .optional()?;
         tx.commit()?;
         drop(conn);
-        let state = state.and_then(|s| State::parse(&s)).ok_or_else(|| Error::UnknownMessage {
-            query: id.to_string(),
-        })?;
+        let state = state
+            .and_then(|s| State::parse(&s))
+            .ok_or_else(|| Error::UnknownMessage {
+                query: id.to_string(),
+            })?;
         if changed == 1 && !shown {
             self.bells.ring(recipient);
         }
@@ -919,7 +921,7 @@ mod tests {
                 content_type: TEXT_PLAIN.into(),
                 body: b"x".to_vec(),
                 expires_at: None,
-            hold: None,
+                hold: None,
             })
             .unwrap()
             .id;
