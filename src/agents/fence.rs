@@ -284,6 +284,13 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Raw body bytes cleaned for a body cap of `body_cap`: 4 times the cap (cleaning only
+/// removes or defuses, so more than three quarters would have to go for a longer body to
+/// fit), at least 4 KiB.
+fn clean_limit(body_cap: usize) -> usize {
+    body_cap.saturating_mul(4).max(4096)
+}
+
 /// The smallest total cap honoured: room for the header, tags and notes.
 pub const MIN_TOTAL: usize = 1024;
 
@@ -343,7 +350,12 @@ pub fn render_with_more(
             head.push_str(" · expects a reply");
         }
         head.push_str("]\n");
-        let body = quote(&sanitize(&m.text()));
+        // Only a prefix of a long body is cleaned: cleaning folds every character, and a
+        // hook may hold many large bodies of which it shows 2 KiB each. A body longer
+        // than the prefix is always shown cut (it stays unread), never "in full".
+        let text = m.text();
+        let partial = text.len() > clean_limit(caps.body);
+        let body = quote(&sanitize(cut(&text, clean_limit(caps.body))));
         let cut_note = format!(
             "\n[… {} more bytes: read message {} in full with {read_hint}]\n",
             m.body.len(),
@@ -351,7 +363,7 @@ pub fn render_with_more(
         );
         let room = block.len() + head.len() + reserve;
         let left = total.saturating_sub(room);
-        if body.len() < left && body.len() <= caps.body {
+        if !partial && body.len() < left && body.len() <= caps.body {
             block.push_str(&head);
             block.push_str(&body);
             block.push('\n');
@@ -562,6 +574,19 @@ mod tests {
         ] {
             assert_eq!(sanitize(fine), fine);
         }
+    }
+
+    #[test]
+    fn only_a_prefix_of_a_long_body_is_cleaned_and_it_is_never_shown_in_full() {
+        // Cleaned, this body would be two bytes; it is still shown cut, never "in full".
+        let body = format!("{}hi", "\x1b[0m".repeat(100_000));
+        let r = render(&[msg("m", "eve", &body)], Caps::default(), "x");
+        assert!(r.shown.is_empty() && r.cut == ["m"], "{r:?}");
+        // Many large non-ASCII bodies render without cleaning all of them.
+        let big = "日本語のテキスト ".repeat(10_000);
+        let msgs: Vec<Message> = (0..50).map(|i| msg(&format!("m{i}"), "a", &big)).collect();
+        let r = render(&msgs, Caps::default(), "x");
+        assert_eq!(r.cut.len() + r.omitted, 50);
     }
 
     #[test]
