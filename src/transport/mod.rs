@@ -42,7 +42,7 @@ pub fn socket_path(runtime: &Path, endpoint_id: &str) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A socket call failed.
-    #[error("socket: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The peer sent bytes that are not valid frames; the connection is closed.
     #[error("{0}")]
