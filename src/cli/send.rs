@@ -36,7 +36,8 @@ pub struct Args {
     /// notify (default) or request (the sender expects a reply).
     #[arg(long, default_value = "notify")]
     pub intent: Intent,
-    /// Conversation thread to file the message under.
+    /// Conversation thread to file the message under (at most 256 bytes, no control
+    /// characters).
     #[arg(long)]
     pub thread: Option<String>,
     /// Id (or unique prefix) of the message this answers; its thread is kept.
