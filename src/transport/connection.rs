@@ -54,16 +54,17 @@ struct Budget {
     freed: Condvar,
 }
 
-/// Room for one large frame in [`BUDGET`], given back on drop.
+/// Room for one large frame in [`BUDGET`], given back on drop. (Non-zero, so an optional
+/// one costs no more than a `usize`: `Connection` stays small enough to move around.)
 #[derive(Debug)]
-struct Reservation(usize);
+struct Reservation(std::num::NonZeroUsize);
 
 impl Reservation {
     /// Waits until `bytes` fit (or `until` passes: `None`).
     fn take(bytes: usize, until: Option<Instant>) -> Option<Reservation> {
-        let bytes = bytes.min(FRAME_BUDGET);
+        let bytes = std::num::NonZeroUsize::new(bytes.min(FRAME_BUDGET))?;
         let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used + bytes > FRAME_BUDGET {
+        while *used + bytes.get() > FRAME_BUDGET {
             let wait = match until {
                 Some(t) => t.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
@@ -77,7 +78,7 @@ impl Reservation {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-        *used += bytes;
+        *used += bytes.get();
         Some(Reservation(bytes))
     }
 }
@@ -85,7 +86,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut used = BUDGET.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used -= self.0;
+        *used -= self.0.get();
         BUDGET.freed.notify_all();
     }
 }
@@ -130,8 +131,8 @@ pub struct Connection {
     spin: Duration,
     /// When the first byte of the frame now buffered in part arrived.
     partial_since: Option<Instant>,
-    /// See [`FRAME_DEADLINE`].
-    frame_deadline: Duration,
+    /// See [`FRAME_DEADLINE`], ms.
+    frame_deadline_ms: u32,
     /// Room in the budget for the large frame being read.
     reservation: Option<Reservation>,
     /// The listener's place for this connection, if a listener accepted it.
@@ -153,7 +154,7 @@ impl Connection {
             out: Vec::with_capacity(256),
             spin: Duration::ZERO,
             partial_since: None,
-            frame_deadline: FRAME_DEADLINE,
+            frame_deadline_ms: FRAME_DEADLINE.as_millis() as u32,
             reservation: None,
             slot: None,
         }
@@ -167,8 +168,13 @@ impl Connection {
     /// How long a frame may take to arrive whole from its first byte (default
     /// [`FRAME_DEADLINE`]); past it [`Connection::read_frame`] fails with
     /// [`Error::Protocol`] and the connection should be closed.
+    /// (Kept in whole milliseconds, at most ~49 days.)
     pub fn set_frame_deadline(&mut self, d: Duration) {
-        self.frame_deadline = d;
+        self.frame_deadline_ms = d.as_millis().try_into().unwrap_or(u32::MAX);
+    }
+
+    fn frame_deadline(&self) -> Duration {
+        Duration::from_millis(u64::from(self.frame_deadline_ms))
     }
 
     /// Spin before parking: a read first polls the socket without blocking for up to
@@ -241,7 +247,7 @@ impl Connection {
             // Compact before reading more: drop what was consumed.
             self.buf.drain(..self.pos);
             self.pos = 0;
-            let deadline = self.partial_since.map(|t| t + self.frame_deadline);
+            let deadline = self.partial_since.map(|t| t + self.frame_deadline());
             if self.buf.len() >= HEADER_LEN && self.reservation.is_none() {
                 let total =
                     HEADER_LEN + wire::frame::parse_header(&self.buf, self.max_frame)?.len as usize;
@@ -332,7 +338,7 @@ impl Connection {
         Error::Protocol(format!(
             "a frame of {total} bytes did not arrive whole within {} of its first byte \
              ({} arrived); closed",
-            humantime::format_duration(self.frame_deadline),
+            humantime::format_duration(self.frame_deadline()),
             self.buf.len()
         ))
     }

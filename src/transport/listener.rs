@@ -215,7 +215,7 @@ fn lock_endpoint(path: &Path) -> Result<File, Error> {
         Err(e) => return Err(std::io::Error::from(e).into()),
     }
     let _ = file.set_len(0);
-    let _ = write!(file, "{}\n", std::process::id());
+    let _ = writeln!(file, "{}", std::process::id());
     Ok(file)
 }
 
