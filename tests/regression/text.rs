@@ -57,7 +57,10 @@ fn item11_inbox_and_wait_escape_terminal_controls_and_json_keeps_bytes() {
     h.register("alice");
     h.register("bob");
     let send = |body: &str| {
-        let r = h.run_stdin(&["send", "bob", "--as", "alice", "--stdin"], body.as_bytes());
+        let r = h.run_stdin(
+            &["send", "bob", "--as", "alice", "--stdin"],
+            body.as_bytes(),
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
     };
 
@@ -73,10 +76,16 @@ fn item11_inbox_and_wait_escape_terminal_controls_and_json_keeps_bytes() {
 
     send(EVIL);
     let doc = h.json(&["inbox", "--as", "bob"]);
-    assert_eq!(doc["messages"][0]["body"], EVIL, "--json must keep the bytes");
+    assert_eq!(
+        doc["messages"][0]["body"], EVIL,
+        "--json must keep the bytes"
+    );
     send(EVIL);
     let doc = h.json(&["wait", "--as", "bob", "--timeout", "10s"]);
-    assert_eq!(doc["messages"][0]["body"], EVIL, "--json must keep the bytes");
+    assert_eq!(
+        doc["messages"][0]["body"], EVIL,
+        "--json must keep the bytes"
+    );
 }
 
 /// Reads lines from `child`'s stdout until one contains `until`, within `deadline`.
@@ -118,7 +127,10 @@ fn item11_listen_escapes_terminal_controls() {
     let h = Home::new();
     h.register("alice");
     h.register("bob");
-    let r = h.run_stdin(&["send", "bob", "--as", "alice", "--stdin"], EVIL.as_bytes());
+    let r = h.run_stdin(
+        &["send", "bob", "--as", "alice", "--stdin"],
+        EVIL.as_bytes(),
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let mut child = h
         .cmd(&["listen", "--as", "bob"])
@@ -274,14 +286,24 @@ fn item13_cli_send_refuses_long_or_control_threads() {
         ("a\nb", "control character"),
     ] {
         let r = h.run(&["send", "bob", "--as", "alice", "--thread", thread, "hi"]);
-        assert_eq!(r.code, 2, "{what}: exit {}, stderr {:.300}", r.code, r.stderr);
+        assert_eq!(
+            r.code, 2,
+            "{what}: exit {}, stderr {:.300}",
+            r.code, r.stderr
+        );
         assert!(
-            r.stderr.contains(what) && r.stderr.contains("at most 256 bytes, no control characters"),
+            r.stderr.contains(what)
+                && r.stderr
+                    .contains("at most 256 bytes, no control characters"),
             "{what}: {}",
             r.stderr
         );
         assert!(r.stderr.len() < 1024, "the error must not echo the thread");
-        assert_eq!(message_rows(&h), 0, "{what}: a refused thread stored a message");
+        assert_eq!(
+            message_rows(&h),
+            0,
+            "{what}: a refused thread stored a message"
+        );
     }
     let ok = "v".repeat(256);
     let sent = h.json(&["send", "bob", "--as", "alice", "--thread", &ok, "hi"]);
@@ -335,7 +357,9 @@ impl Mcp {
         let stdin = self.child.stdin.as_mut().unwrap();
         let mut line = v.to_string();
         line.push('\n');
-        stdin.write_all(line.as_bytes()).expect("write to relay mcp");
+        stdin
+            .write_all(line.as_bytes())
+            .expect("write to relay mcp");
         stdin.flush().unwrap();
     }
 
@@ -362,7 +386,9 @@ impl Mcp {
     fn tool(&mut self, name: &str, args: Value) -> (bool, Value) {
         let r = self.request("tools/call", json!({"name": name, "arguments": args}));
         let res = &r["result"];
-        let text = res["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{r}"));
+        let text = res["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"));
         (
             res["isError"] == json!(true),
             serde_json::from_str(text).expect("tool text is JSON"),
@@ -389,7 +415,11 @@ fn item13_mcp_send_refuses_an_8_mib_thread() {
     let big = "t".repeat(8 * 1024 * 1024);
     let (err, doc) = mcp.tool("send", json!({"to": "bob", "body": "hi", "thread": big}));
     let message = doc["message"].as_str().unwrap_or_default();
-    assert!(err, "an 8 MiB thread was accepted ({} rows)", message_rows(&h));
+    assert!(
+        err,
+        "an 8 MiB thread was accepted ({} rows)",
+        message_rows(&h)
+    );
     assert!(
         message.contains("is 8388608 bytes")
             && message.contains("at most 256 bytes, no control characters"),
@@ -409,7 +439,12 @@ fn item13_mcp_send_refuses_an_8_mib_thread() {
 #[test]
 fn item11_roster_escapes_another_endpoints_cwd() {
     let h = Home::new();
-    let r = h.run(&["register", "carol", "--cwd", "/tmp/\x1b]52;c;ZXZpbA==\x07\u{202e}x"]);
+    let r = h.run(&[
+        "register",
+        "carol",
+        "--cwd",
+        "/tmp/\x1b]52;c;ZXZpbA==\x07\u{202e}x",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let roster = h.run(&["roster"]);
     assert_eq!(roster.code, 0, "{}", roster.stderr);
@@ -418,7 +453,11 @@ fn item11_roster_escapes_another_endpoints_cwd() {
         "raw controls in {:?}",
         roster.stdout
     );
-    assert!(roster.stdout.contains("/tmp/\\x1b]52;"), "{}", roster.stdout);
+    assert!(
+        roster.stdout.contains("/tmp/\\x1b]52;"),
+        "{}",
+        roster.stdout
+    );
     let doc = h.json(&["roster"]);
     assert_eq!(
         doc["endpoints"][0]["cwd"],
