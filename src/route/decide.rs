@@ -1,8 +1,8 @@
 //! The pure decider (DESIGN.md §7): `(facts about the target, what the sender asks) →
-//! decision`. No I/O: [`super::dispatch`] gathers the facts.
-//!
-//! The live socket route joins later as a new fact (live state) and a new decision; the
-//! callers of [`super::send`] do not change when it does.
+//! decision`. No I/O: [`super::dispatch`] gathers the facts (resolution, the probed live
+//! socket, whether the target reads a mailbox, can be woken, replies; the body size) and
+//! carries the decision out: `Live` over the transport, `Mailbox` and `Wake` through the
+//! store, a `Reject` with nothing stored.
 
 use serde::Serialize;
 
