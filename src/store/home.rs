@@ -25,7 +25,7 @@ use super::Error as StoreError;
 pub enum Error {
     /// It belongs to another user.
     #[error(
-        "{} is owned by {}, not by you ({}); mode {mode:o}. relay keeps mail only where no other user can read or replace it, and left it untouched: point RELAY_HOME at a directory of your own (or remove this one if you did not make it)",
+        "{} is owned by {} rather than by you, {}; mode {mode:o}. relay keeps mail only where no other user can read or replace it, and left it untouched: point RELAY_HOME at a directory of your own (or remove this one if you did not make it)",
         described(path, target.as_deref()), user(*uid), user(*own)
     )]
     NotOwned {
@@ -71,8 +71,8 @@ pub enum Error {
     /// relay must write there and cannot.
     // The OS error is part of the message, not a `source`: `{:#}` would print it twice.
     #[error(
-        "relay cannot write to {} ({err}); relay writes its mail there: make it writable for you (chmod u+w), or point RELAY_HOME at a directory you can write",
-        path.display()
+        "cannot write to {} ({err}): relay keeps its mail there; make it writable for you (chmod u+w {}), or point RELAY_HOME at a directory you can write",
+        path.display(), path.display()
     )]
     ReadOnly {
         /// The directory or file.
@@ -82,10 +82,14 @@ pub enum Error {
     },
 }
 
-/// `path`, or `path (a symlink to target)`.
+/// `path`, or `target (where the symlink path points)`.
 fn described(path: &Path, target: Option<&Path>) -> String {
     match target {
-        Some(t) => format!("{} (a symlink to {})", path.display(), t.display()),
+        Some(t) => format!(
+            "{} (where the symlink {} points)",
+            t.display(),
+            path.display()
+        ),
         None => path.display().to_string(),
     }
 }
@@ -152,8 +156,9 @@ fn check(path: &Path, kind: Kind, writable: bool) -> Result<(), StoreError> {
         // Whoever owns the link decides where relay writes.
         if link.uid() != euid() && link.uid() != 0 {
             return Err(Error::NotOwned {
+                // The link itself is what belongs to someone else.
                 path: path.to_path_buf(),
-                target: std::fs::read_link(path).ok(),
+                target: None,
                 uid: link.uid(),
                 own: euid(),
                 mode: link.mode() & 0o7777,
