@@ -295,12 +295,14 @@ fn a_half_frame_has_a_deadline_even_without_a_read_timeout() {
 fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
     let h = Home::new();
     let b = h.register("b");
-    // stdout is a pipe nobody reads: the receiver's output stalls after 64 KiB.
+    // stdout is a pipe already full: the receiver's first write of output stalls.
+    let (mut out, pipe) = std::io::pipe().unwrap();
+    (&pipe).write_all(&[0u8; 64 * 1024]).unwrap();
     let (mut l, sock) = serve(
         &h,
         &["stream", "recv", "--as", "b", "--no-shm", "-"],
         &b,
-        Stdio::piped(),
+        Stdio::from(pipe),
     );
     let pid = l.pid();
     let base = status_field(pid, "VmRSS");
@@ -354,8 +356,7 @@ fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
         "the connection stayed open through {offset} bytes"
     );
     // Unstall the output: the receiver then fails, naming the protocol error.
-    let mut child = l.0.take().unwrap();
-    let mut out = child.stdout.take().unwrap();
+    let child = l.0.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let done = wait_with_deadline(child, Duration::from_secs(30), "stream recv");
     let err = String::from_utf8_lossy(&done.stderr);
