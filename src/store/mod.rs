@@ -96,6 +96,8 @@ pub trait Store: Send + Sync {
     ///
     /// # Errors
     /// [`Error::TooLarge`] before any write when the body exceeds the cap;
+    /// [`Error::InvalidThread`] before any write when a thread breaks
+    /// [`names::check_thread`] (over 256 bytes, or control characters);
     /// [`Error::UnknownEndpoint`] when sender or recipient id is not registered (nothing is
     /// stored); backend errors.
     fn enqueue(&self, msg: &NewMessage) -> Result<Receipt> {

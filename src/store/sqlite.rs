@@ -473,6 +473,10 @@ impl Store for SqliteStore {
                 cap: self.max_body,
             });
         }
+        // So is the thread rule, for callers of the library that skip the router.
+        for t in msgs.iter().filter_map(|m| m.thread.as_deref()) {
+            names::check_thread(t)?;
+        }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut receipts = Vec::with_capacity(msgs.len());
