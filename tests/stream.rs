@@ -676,3 +676,31 @@ fn data_past_the_credit_window_closes_the_session_and_socket_windows_are_capped(
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[test]
+fn a_session_reads_at_most_max_incoming_streams_at_once() {
+    use relay::shm::stream::MAX_INCOMING;
+    let (x, y) = UnixStream::pair().unwrap();
+    let opts = Options {
+        slots: 0,
+        ..Options::default()
+    };
+    let _session = Session::new(Connection::new(x), FD_PASSING, false, opts).unwrap();
+    let mut raw = Connection::new(y);
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    for i in 0..=MAX_INCOMING as u32 {
+        raw.write_frame(Msg::StreamOpen(StreamOpen {
+            stream_id: 2 * i + 1,
+            capacity: 4096,
+            shm: false,
+        }))
+        .unwrap();
+        match (i as usize, raw.read_frame().unwrap().map(|f| f.msg)) {
+            (n, Some(Msg::StreamAccept(_))) if n < MAX_INCOMING => {}
+            (n, Some(Msg::StreamReject(r))) if n == MAX_INCOMING => {
+                assert!(r.reason.contains(&MAX_INCOMING.to_string()), "{}", r.reason)
+            }
+            (n, other) => panic!("stream {n}: {other:?}"),
+        }
+    }
+}

@@ -19,8 +19,8 @@
 //! Memory on the socket path is bounded by the window: a writer that sends more than the
 //! reader has credited (bytes buffered and unread would exceed the window it announced)
 //! breaks the protocol, and the connection is closed at once. The windows of all socket-path
-//! streams open on one session together may not exceed [`MAX_SOCKET_WINDOWS`]; a stream
-//! that would is rejected.
+//! streams open on one session together may not exceed [`MAX_SOCKET_WINDOWS`], nor their
+//! number [`MAX_INCOMING`]; a stream that would is rejected.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
@@ -58,6 +58,8 @@ const PARK_SLICE: Duration = Duration::from_millis(100);
 /// Sum of the credit windows of the socket-path streams a session reads at once, bytes
 /// (64 MiB: 64 streams of the default window). Bounds what a peer can make us buffer.
 pub const MAX_SOCKET_WINDOWS: u64 = 64 << 20;
+/// Streams a session reads at once (each holds an eventfd and a buffer); more are rejected.
+pub const MAX_INCOMING: usize = 256;
 
 /// Options for a [`Session`].
 #[derive(Debug, Clone, Copy)]
@@ -686,6 +688,20 @@ impl Shared {
             return self.control_send(Msg::StreamReject(StreamReject {
                 stream_id: id,
                 reason: format!("stream id {id} is already open"),
+            }));
+        }
+        let incoming = st
+            .streams
+            .values()
+            .filter(|s| matches!(s, Slot::In { .. }))
+            .count();
+        if incoming >= MAX_INCOMING {
+            drop(st);
+            return self.control_send(Msg::StreamReject(StreamReject {
+                stream_id: id,
+                reason: format!(
+                    "this session already reads {MAX_INCOMING} streams (its limit); close one first"
+                ),
             }));
         }
         let mut ends = None;

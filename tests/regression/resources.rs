@@ -153,8 +153,14 @@ fn connections_per_listener_are_capped_with_a_clear_refusal() {
         Ok(Some(f)) => format!("{:?}", f.msg),
         other => format!("{other:?}"),
     };
+    // A dialer that does say Hello gets the same refusal from its handshake.
+    let refused = handshake::dial(&mut dial(&sock), &Local::new("one-too-many"));
+    assert!(
+        matches!(&refused, Err(relay::transport::Error::Refused(why)) if why.contains("64")),
+        "{refused:?}"
+    );
     peak = peak.max(status_field(pid, "Threads"));
-    eprintln!("listener threads: {base} before, peak {peak} with 201 silent connections");
+    eprintln!("listener threads: {base} before, peak {peak} with 202 silent connections");
     assert!(
         peak <= base + 64 + 2,
         "201 connections held {peak} threads (baseline {base})"
