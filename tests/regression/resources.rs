@@ -3,8 +3,6 @@
 
 use crate::common::*;
 
-// ---- items 15, 16: transport and stream bounds -------------------------------------------
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -14,6 +12,8 @@ use std::time::{Duration, Instant};
 use relay::transport::{Connection, Local, handshake};
 use relay::wire::catalogue::{FD_PASSING, Hello, StreamData, StreamOpen};
 use relay::wire::{CATALOGUE_HASH, Msg, VERSION};
+
+// ---- helpers -------------------------------------------------------------------------------
 
 /// Waits (bounded, 30 s) until `ready` holds; panics naming `what` otherwise.
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -85,6 +85,8 @@ fn hello(heartbeat_ms: u32) -> Msg {
         heartbeat_ms,
     })
 }
+
+// ---- items 15, 16: transport and stream bounds -------------------------------------------
 
 /// issue 9 item 15: `Hello{heartbeat_ms: u32::MAX}` then silence held one listener thread
 /// per connection for ~49 days (200 connections: 200 threads). heartbeat_ms is bounded
