@@ -213,6 +213,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             me: me.clone(),
         })
     });
+    // Bound first: a second listener for this endpoint fails here, before it could
+    // overwrite the running one's pid below.
+    let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &me.id);
+    let listener = Listener::bind(&path)?;
     // Mark it live: the pid and start time tell a reused pid apart.
     if let Some(p) = procfs::current() {
         store.register(&Registration {
@@ -222,8 +226,6 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             ..Registration::default()
         })?;
     }
-    let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &me.id);
-    let listener = Listener::bind(&path)?;
     let printer = Arc::new(Printer { json: ctx.json });
     if !ctx.json {
         eprintln!("relay: {} is live on {}", me.display_name(), path.display());
