@@ -323,6 +323,26 @@ fn two_listeners_started_together_exactly_one_runs() {
                 if s.code() != Some(1) || !err.contains(&winner.to_string()) {
                     unclear.push(format!("round {round}: exit {s}: {err}"));
                 }
+                // The endpoint's registered pid is the runner's, never the loser's.
+                let registered = || {
+                    h.json(&["roster"])["endpoints"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["name"] == "b")
+                        .and_then(|e| e["pid"].as_u64())
+                };
+                wait_until("the runner's registration", || registered().is_some());
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while registered() != Some(u64::from(winner)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if registered() != Some(u64::from(winner)) {
+                    unclear.push(format!(
+                        "round {round}: registered pid {:?}, runner {winner}",
+                        registered()
+                    ));
+                }
             }
             more => panic!("round {round}: no listener runs: {more:?}"),
         }
