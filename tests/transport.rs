@@ -279,3 +279,37 @@ fn other_users_are_refused_before_a_byte_is_read() {
         "the client saw the close: {said}"
     );
 }
+
+#[test]
+fn an_existing_runtime_dir_others_can_write_is_refused_and_left_as_it_was() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o770)).unwrap();
+    match Listener::bind(&run.join("ep.sock")) {
+        Err(e @ Error::UnsafeDir { mode: 0o770, .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&run.display().to_string())
+                    && text.contains("0770")
+                    && text.contains("chmod go-w"),
+                "{text}"
+            );
+        }
+        other => panic!("expected UnsafeDir, got {other:?}"),
+    }
+    let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o770, "never chmod-ed");
+    assert_eq!(
+        std::fs::read_dir(&run).unwrap().count(),
+        0,
+        "nothing created in it"
+    );
+    // A missing one is created 0700, parents included.
+    let fresh = dir.path().join("a/b/run");
+    let l = Listener::bind(&fresh.join("ep.sock")).unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+    drop(l);
+}
