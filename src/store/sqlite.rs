@@ -24,7 +24,7 @@ const BUSY_FIRST_NAP: Duration = Duration::from_micros(20);
 const BUSY_LONGEST_NAP: Duration = Duration::from_millis(2);
 /// Longest a waiter sleeps between looks at the database when no doorbell rings. The
 /// doorbell is the wake-up; this only bounds the damage of a lost ring.
-const BACKSTOP_POLL: Duration = Duration::from_secs(10);
+const BACKSTOP_POLL: Duration = Duration::from_secs(30);
 
 const ENDPOINT_COLS: &str =
     "id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at";
