@@ -55,14 +55,36 @@ impl Listener {
     /// # Errors
     /// [`Error::UnsafeDir`] for a directory of another user or one others can write;
     /// [`Error::Locked`] when another listener holds the endpoint; [`Error::InUse`] when
-    /// something outside the lock listens on the socket; socket and file errors.
+    /// something outside the lock listens on the socket; [`Error::NotASocket`] when
+    /// something else is at the path; [`Error::Bind`] naming the path; file errors.
     pub fn bind(path: &Path) -> Result<Listener, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir)?;
         }
         let lock = lock_endpoint(&path.with_extension("lock"))?;
         // Only the lock holder gets here, so the check and the unlink cannot race another
-        // relay listener.
+        // relay listener. Only a socket is ever reclaimed: anything else at the path
+        // (a symlink, even a dangling one; a file) is someone's, and is left alone.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            if !t.is_socket() {
+                let what = if t.is_symlink() {
+                    match std::fs::read_link(path) {
+                        Ok(to) => format!("a symlink to {}", to.display()),
+                        Err(_) => "a symlink".into(),
+                    }
+                } else if t.is_dir() {
+                    "a directory".into()
+                } else {
+                    "a file".into()
+                };
+                return Err(Error::NotASocket {
+                    path: path.to_path_buf(),
+                    what,
+                });
+            }
+        }
         match UnixStream::connect(path) {
             Ok(s) => {
                 let pid = rustix::net::sockopt::socket_peercred(&s)
@@ -74,13 +96,25 @@ impl Listener {
             }
             // Nothing listens: the file (if any) is stale.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path)?;
+                std::fs::remove_file(path).map_err(|error| Error::Bind {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(error) => {
+                return Err(Error::Bind {
+                    path: path.to_path_buf(),
+                    error,
+                });
+            }
         }
+        let inner = UnixListener::bind(path).map_err(|error| Error::Bind {
+            path: path.to_path_buf(),
+            error,
+        })?;
         Ok(Listener {
-            inner: UnixListener::bind(path)?,
+            inner,
             path: path.to_path_buf(),
             open: Arc::new(AtomicUsize::new(0)),
             max_connections: MAX_CONNECTIONS,

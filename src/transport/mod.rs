@@ -72,6 +72,25 @@ pub enum Error {
         /// The process holding it.
         pid: i32,
     },
+    /// The socket path exists and is not a socket (a symlink, a file…); it was left alone.
+    #[error(
+        "{path} exists and is not a socket ({what}); relay will not replace it: remove it \
+         if nothing needs it"
+    )]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there instead, e.g. "a symlink to /x".
+        what: String,
+    },
+    /// Binding the socket (or unlinking a stale one) failed.
+    #[error("cannot bind {path}: {error}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why (not a `source`, so `{:#}` prints it once).
+        error: std::io::Error,
+    },
     /// Another listener holds the endpoint's lock (one listener per endpoint).
     #[error(
         "another listener already runs for this endpoint (pid {}, holding {}); stop it \

@@ -372,7 +372,8 @@ fn concurrent_binds_of_one_endpoint_have_exactly_one_winner() {
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
     let sock = runtime.join("ep.sock");
     let mut bad = Vec::new();
-    for round in 0..200 {
+    // One contest: 4 threads bind at once; returns each one's outcome.
+    let contest = || {
         let _ = std::fs::remove_file(&sock);
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         let go = Arc::new(Barrier::new(4));
@@ -385,21 +386,35 @@ fn concurrent_binds_of_one_endpoint_have_exactly_one_winner() {
                     let got = Listener::bind(&sock);
                     // Hold a win until every contender has tried.
                     done.wait();
-                    got.is_ok()
+                    got.map_err(|e| e.to_string())
                 })
             })
-            .collect();
-        let winners = threads
+            .collect::<Vec<_>>();
+        threads
             .into_iter()
             .map(|t| t.join().unwrap())
-            .filter(|&w| w)
-            .count();
+            .collect::<Vec<_>>()
+    };
+    for round in 0..200 {
+        // A process spawned meanwhile by another test thread holds copies of our
+        // descriptors (the last round's lock) until it execs: no winner for a moment.
+        // That is a retry, not a failure; two winners is.
+        let mut got = contest();
+        for _ in 0..50 {
+            if got.iter().any(Result::is_ok) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            got = contest();
+        }
+        let winners = got.iter().filter(|g| g.is_ok()).count();
         if winners != 1 {
-            bad.push((round, winners));
+            let why: Vec<_> = got.into_iter().filter_map(Result::err).collect();
+            bad.push((round, winners, why));
         }
     }
     assert!(
         bad.is_empty(),
-        "rounds without exactly one winner (round, winners): {bad:?}"
+        "rounds without exactly one winner (round, winners, errors): {bad:#?}"
     );
 }
