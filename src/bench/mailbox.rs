@@ -135,7 +135,7 @@ fn throughput(home: &Path, n: usize, tick: &dyn Fn(u64)) -> anyhow::Result<(f64,
                 content_type: TEXT_PLAIN.into(),
                 body: body(i as u64),
                 expires_at: None,
-            hold: None,
+                hold: None,
             })
             .collect();
         store.enqueue_batch(&msgs)?;

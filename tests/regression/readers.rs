@@ -534,14 +534,20 @@ fn two_hundred_mcp_waits_cost_one_inotify_instance_and_no_cpu() {
         if cpu() == t {
             break;
         }
-        assert!(Instant::now() < end, "relay mcp never went idle with 200 waits");
+        assert!(
+            Instant::now() < end,
+            "relay mcp never went idle with 200 waits"
+        );
     }
     // The measurement window: CPU ticks (1/100 s) used over 3 s of idle waiting.
     let before = cpu();
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu() - before;
     eprintln!("200 idle waits used {used} ticks of CPU in 3 s");
-    assert!(used <= 6, "200 idle waits used {used}/300 ticks of CPU in 3 s");
+    assert!(
+        used <= 6,
+        "200 idle waits used {used}/300 ticks of CPU in 3 s"
+    );
 }
 
 /// Issue 9 item 18: an MCP request line of 16 MiB or more got no reply at all. It gets a
