@@ -186,8 +186,11 @@ fn stalled_half_frames_do_not_hold_their_size_in_memory() {
     let pid = l.pid();
     let base = status_field(pid, "VmRSS");
     let len: u32 = relay::wire::HARD_MAX_FRAME;
+    // One payload shared by the 12 writers (one byte short of the frame).
+    let body = std::sync::Arc::new(vec![0x61u8; len as usize - 1]);
     let writers: Vec<_> = (0..12)
         .map(|_| {
+            let body = body.clone();
             let mut c = dial(&sock);
             handshake::dial(&mut c, &Local::new("staller")).unwrap();
             let raw = c.stream().try_clone().unwrap();
@@ -199,7 +202,6 @@ fn stalled_half_frames_do_not_hold_their_size_in_memory() {
                 head.extend_from_slice(&5u16.to_le_bytes()); // Deliver
                 head.extend_from_slice(&7u32.to_le_bytes());
                 head.extend_from_slice(&len.to_le_bytes());
-                let body = vec![0x61u8; len as usize - 1];
                 // Blocks while the listener will not read more; fails once it hangs up.
                 let sent = (&raw)
                     .write_all(&head)
