@@ -4,13 +4,13 @@
 
 mod common;
 
-#[path = "regression/readers.rs"]
-mod readers;
-#[path = "regression/users.rs"]
-mod users;
-#[path = "regression/text.rs"]
-mod text;
-#[path = "regression/resources.rs"]
-mod resources;
 #[path = "regression/errors.rs"]
 mod errors;
+#[path = "regression/readers.rs"]
+mod readers;
+#[path = "regression/resources.rs"]
+mod resources;
+#[path = "regression/text.rs"]
+mod text;
+#[path = "regression/users.rs"]
+mod users;

@@ -32,7 +32,7 @@ fn msg(from: &str, to: &str, body: &str) -> NewMessage {
         content_type: TEXT_PLAIN.into(),
         body: body.as_bytes().to_vec(),
         expires_at: None,
-            hold: None,
+        hold: None,
     }
 }
 
