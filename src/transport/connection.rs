@@ -260,10 +260,20 @@ impl Connection {
                     self.buf.reserve_exact(total - self.buf.len());
                 }
             }
-            if deadline.is_some() && !self.readable_by(deadline)? {
-                return Err(self.stalled(deadline, self.frame_len()));
+            // Inside a frame, a read must not block past the frame's deadline: take what
+            // is there without waiting, and wait (bounded) only when nothing is.
+            let mut got = None;
+            if deadline.is_some() {
+                got = self.fill(false)?;
+                if got.is_none() && !self.readable_by(deadline)? {
+                    return Err(self.stalled(deadline, self.frame_len()));
+                }
             }
-            if self.fill()? == 0 {
+            let n = match got {
+                Some(n) => n,
+                None => self.fill(true)?.unwrap_or(0),
+            };
+            if n == 0 {
                 wire::at_eof(&self.buf, self.max_frame)?;
                 return Ok(None);
             }
@@ -344,14 +354,15 @@ impl Connection {
     }
 
     /// One `recvmsg`: appends bytes to the buffer and queues any passed descriptors.
-    fn fill(&mut self) -> Result<usize, Error> {
+    /// Without `wait`, `Ok(None)` when nothing is there yet.
+    fn fill(&mut self, wait: bool) -> Result<Option<usize>, Error> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let spin_until = (!self.spin.is_zero()).then(|| std::time::Instant::now() + self.spin);
         let n = loop {
             let mut iov = [IoSliceMut::new(&mut self.scratch)];
             let spinning = spin_until.is_some_and(|t| std::time::Instant::now() < t);
-            let flags = if spinning {
+            let flags = if spinning || !wait {
                 RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
             } else {
                 RecvFlags::CMSG_CLOEXEC
@@ -366,6 +377,7 @@ impl Connection {
                 }
                 Ok(r) => break r.bytes,
                 Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) if !wait => return Ok(None),
                 Err(rustix::io::Errno::AGAIN) if spinning => std::hint::spin_loop(),
                 Err(e) => return Err(std::io::Error::from(e).into()),
             }
@@ -376,7 +388,7 @@ impl Connection {
                 self.fds.extend(fds);
             }
         }
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Descriptors received so far (in arrival order), taken out of the connection.
