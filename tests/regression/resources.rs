@@ -349,11 +349,11 @@ fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
     }
     let peak = status_field(pid, "VmHWM");
     eprintln!(
-        "receiver RSS: {} MiB before, peak {} MiB after the writer pushed {} MiB past a \
+        "receiver RSS: {} MiB before, peak {} MiB after the writer pushed {} KiB ignoring a \
          64 KiB window",
         base / 1024,
         peak / 1024,
-        offset >> 20
+        offset >> 10
     );
     assert!(
         peak < base + 32 * 1024,
