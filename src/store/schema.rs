@@ -112,8 +112,16 @@ const OBJECTS_NAMED: usize = 5;
 /// transaction that creates its tables, so objects at version 0 are someone else's.
 /// Reads only.
 pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found == 0 {
+    // The version and whether any object exists are read by one statement, so from one
+    // snapshot: read apart, another process's first migration (tables and version 1 in one
+    // commit) could fall between them and make a fresh relay database look foreign.
+    let (found, any): (i64, bool) = conn.query_row(
+        "SELECT (SELECT user_version FROM pragma_user_version), \
+                EXISTS (SELECT 1 FROM sqlite_master)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if found == 0 && any {
         let objects: Vec<String> = conn
             .prepare("SELECT type || ' ' || name FROM sqlite_master ORDER BY rowid")?
             .query_map([], |r| r.get(0))?

@@ -77,7 +77,7 @@ impl SqliteStore {
         conn.busy_handler(Some(busy_backoff()))?;
         // Version first: a newer database must be refused before anything could write.
         schema::check_version(&conn, &path).map_err(|e| not_a_db_err(e, &path))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        let mode = wal(&conn)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(journal_mode = %mode, "could not switch the database to WAL");
         }
@@ -223,6 +223,28 @@ impl SqliteStore {
                 nap = nap.min(until + Duration::from_millis(1));
             }
             bell.wait(nap);
+        }
+    }
+}
+
+/// Switches the database to WAL, retrying for up to [`BUSY_TIMEOUT`] when another process
+/// is switching it at the same moment: two connections that both hold a read lock and both
+/// want the exclusive lock the switch needs would deadlock, so SQLite fails one of them with
+/// `SQLITE_BUSY` at once, without calling the busy handler (seen as "database is locked"
+/// when 16 processes open a fresh home together). Returns the journal mode now in force.
+fn wal(conn: &Connection) -> Result<String> {
+    let started = Instant::now();
+    let mut nap = BUSY_FIRST_NAP;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(BUSY_LONGEST_NAP);
+            }
+            other => return Ok(other?),
         }
     }
 }

@@ -453,7 +453,6 @@ fn a_read_only_home_names_the_path() {
 /// path, and says it once (it printed "socket: Address already in use (os error 98)" twice
 /// and no path).
 #[test]
-#[ignore = "issue 9 item 21b: the fix belongs in transport/listener.rs and transport/mod.rs (see the errors-area report)"]
 fn a_dangling_socket_symlink_is_named_once() {
     let h = Home::new();
     let id = h.register("l");
@@ -559,4 +558,33 @@ fn doctor_judges_the_home_as_relay_does() {
     assert_eq!(verdict(0o755), "warn");
     assert_eq!(verdict(0o770), "fail");
     assert_eq!(verdict(0o700), "ok");
+}
+
+/// Issue 9 item 10, the fix's own race: the foreign-database check read the version and
+/// the table list in two snapshots, so a process opening a fresh home while another ran
+/// the first migration could call relay's own database foreign (seen in
+/// `concurrent_upserts_from_sixteen_processes_lose_no_field`). 16 processes opening one
+/// fresh home at once, 8 rounds: none may fail.
+#[test]
+fn sixteen_processes_opening_a_fresh_home_never_call_it_foreign() {
+    for round in 0..8 {
+        let h = Home::new();
+        let children: Vec<_> = (0..16)
+            .map(|i| {
+                h.cmd(&["register", &format!("n{i}")])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = wait_with_deadline(c, DEADLINE, "relay register");
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
