@@ -107,7 +107,9 @@ pub fn wait_with_deadline(child: Child, deadline: Duration, what: &str) -> Outpu
     match rx.recv_timeout(deadline) {
         Ok(out) => out.expect("wait"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             panic!("{what} did not finish within {deadline:?}");
         }
     }

@@ -376,9 +376,13 @@ fn a_request_whose_answerer_is_killed_mid_command_is_answered_by_the_next_one() 
         .parse()
         .unwrap();
     kill9(&mut first);
-    let _ = Command::new("kill")
-        .args(["-9", &format!("-{pgid}")])
-        .status();
+    // Its process group (the command runs in its own): never `kill -9 -PGID` through
+    // procps' kill, which reads "-15234" as "-1" and kills every process.
+    assert!(pgid > 1, "a command's process group, not {pgid}");
+    let _ = rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pgid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
     assert_eq!(state(&h, &id), "delivered", "killed mid-command: not acked");
     let mut second = h
         .cmd(&["listen", "--as", "calc", "--exec", "echo answered"])
