@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::errors::{UsageError, classify};
 use crate::route::{self, SendRequest};
 use crate::store::{
-    self, DEFAULT_LEASE, Endpoint, Fetch, FetchMode, Filter, Intent, MAX_WAIT, Message,
+    self, Cancel, DEFAULT_LEASE, Endpoint, Fetch, FetchMode, Filter, Intent, MAX_WAIT, Message,
     Registration, SqliteStore, Store, TEXT_PLAIN, names,
 };
 
@@ -129,6 +129,15 @@ pub struct StatusParams {
 
 type Outcome = anyhow::Result<Value>;
 
+/// Cancels a wait when dropped (the handler's future was dropped before it finished).
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// A tool's input schema, from its parameter struct (what models see).
 fn schema<T: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_input::<T>()
@@ -225,18 +234,19 @@ impl RelayServer {
         Ok(self.resolve_me(store)?.endpoint)
     }
 
-    /// Reads mail with `fetch` (which must deliver under a lease) on the blocking pool;
-    /// when `ack` is set, the ack is left to run once this request's response has been
-    /// written and flushed (DESIGN.md §11: ack only what was shown). A request cancelled
-    /// meanwhile gets no response: its messages are released at once (a wait that was
-    /// cancelled while blocked), or come back when their lease lapses. `wait_s` marks a
-    /// `wait` call: its result says whether it timed out.
+    /// Reads mail with `fetch` (which must deliver under a lease) on the blocking pool.
+    /// With `ack`, the mail is acked only once this request's response carrying it was
+    /// written and flushed, and [`super::stdio::CANCEL_GRACE`] passed without a cancel
+    /// (DESIGN.md §11: ack only what was shown). A request cancelled before or during the
+    /// fetch, or right after its response (which the client then ignores), gives its mail
+    /// back at once. A `wait` stops blocking as soon as its request is cancelled. `wait_s`
+    /// marks a `wait` call: its result says whether it timed out.
     async fn read_then_ack(
         &self,
         ctx: &RequestContext<RoleServer>,
         ack: bool,
         wait_s: Option<u64>,
-        fetch: impl FnOnce(&RelayServer, &dyn Store, &str) -> anyhow::Result<Vec<Message>>
+        fetch: impl FnOnce(&RelayServer, &dyn Store, &str, &Cancel) -> anyhow::Result<Vec<Message>>
         + Send
         + 'static,
     ) -> Result<CallToolResult, ErrorData> {
@@ -249,14 +259,28 @@ impl RelayServer {
             .into())));
         }
         let this = self.clone();
-        let got = tokio::task::spawn_blocking(move || {
-            let store = this.store()?;
-            let me = this.me(store.as_ref())?;
-            let messages = fetch(&this, store.as_ref(), &me.id)?;
-            anyhow::Ok((store, me.id, messages))
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("tool task failed: {e}")));
+        let cancel = Cancel::new();
+        // Cancels the blocking wait when the request is cancelled, or when this future is
+        // dropped before it finished.
+        let _on_drop = CancelOnDrop(cancel.clone());
+        let blocking = {
+            let cancel = cancel.clone();
+            tokio::task::spawn_blocking(move || {
+                let store = this.store()?;
+                let me = this.me(store.as_ref())?;
+                let messages = fetch(&this, store.as_ref(), &me.id, &cancel)?;
+                anyhow::Ok((store, me.id, messages))
+            })
+        };
+        tokio::pin!(blocking);
+        let joined = tokio::select! {
+            r = &mut blocking => r,
+            () = ctx.ct.cancelled() => {
+                cancel.cancel();
+                blocking.await
+            }
+        };
+        let got = joined.unwrap_or_else(|e| Err(anyhow::anyhow!("tool task failed: {e}")));
         let (store, me, messages) = match got {
             Ok(v) => v,
             Err(e) => return Ok(to_result(Err(e))),
@@ -271,12 +295,18 @@ impl RelayServer {
         }
         let acked = ack && !messages.is_empty();
         if acked {
-            self.after.on_written(ctx.id.clone(), move || {
-                if let Err(e) = store.ack(Some(&me), &ids) {
-                    // Shown but not acked: it comes back after its lease (at least once).
-                    tracing::warn!("ack after the response was written failed: {e}");
-                }
-            });
+            self.after
+                .on_written(ctx.id.clone(), ids.clone(), move |shown| {
+                    let done = if shown {
+                        store.ack(Some(&me), &ids).map(drop)
+                    } else {
+                        store.release(&me, &ids).map(drop)
+                    };
+                    if let Err(e) = done {
+                        // It comes back after its lease (at least once).
+                        tracing::warn!("settling mail after the response failed: {e}");
+                    }
+                });
         }
         let mut doc = json!({"messages": messages, "acked": acked});
         if !messages.is_empty() {
@@ -424,7 +454,7 @@ impl RelayServer {
             },
             filter: Filter::default(),
         };
-        self.read_then_ack(&ctx, p.ack.unwrap_or(true), None, move |_, store, me| {
+        self.read_then_ack(&ctx, p.ack.unwrap_or(true), None, move |_, store, me, _| {
             Ok(store.fetch(me, &req)?)
         })
         .await
@@ -471,7 +501,7 @@ impl RelayServer {
             &ctx,
             p.ack.unwrap_or(true),
             Some(secs),
-            move |_, store, me| {
+            move |_, store, me, cancel| {
                 let from = match names::optional(p.from) {
                     Some(f) => Some(store.resolve(&f)?.id),
                     None => None,
@@ -488,7 +518,7 @@ impl RelayServer {
                         reply_to: None,
                     },
                 };
-                Ok(store.wait(me, &req, Duration::from_secs(secs))?)
+                Ok(store.wait_or_cancel(me, &req, Duration::from_secs(secs), cancel)?)
             },
         )
         .await

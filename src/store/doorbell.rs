@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use super::Error;
 
@@ -70,20 +70,33 @@ impl Doorbells {
     /// Starts listening for rings of one recipient's doorbell.
     pub(crate) fn listen(&self, endpoint_id: &str) -> Listener {
         let path = self.path(endpoint_id);
-        let watch = Self::touch(&path).and_then(|()| match hub() {
-            Some(h) => h.watch(&path),
-            None => Err(std::io::Error::other("no inotify instance")),
-        });
-        match watch {
-            Ok((wd, seen)) => Listener {
-                watch: Some((wd, seen)),
-            },
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e,
-                    "doorbell watch failed; falling back to polling every 50 ms");
-                Listener { watch: None }
-            }
+        let watch = watch(&path);
+        if let Err(e) = &watch {
+            tracing::warn!(path = %path.display(), error = %e,
+                "doorbell watch failed; falling back to polling every 50 ms");
         }
+        Listener {
+            watch: watch.ok(),
+            path,
+        }
+    }
+}
+
+/// Touches `path` and joins (or makes) the hub's watch on it: the watch and its count.
+fn watch(path: &Path) -> std::io::Result<(WatchDescriptor, u64)> {
+    Doorbells::touch(path)?;
+    match hub() {
+        Some(h) => h.watch(path),
+        None => Err(std::io::Error::other("no inotify instance")),
+    }
+}
+
+/// Wakes every waiter of this process so it looks at its cancel flag.
+pub(crate) fn wake_all() {
+    if let Some(h) = hub() {
+        // Under the lock, so a waiter between its flag check and its sleep cannot miss it.
+        let _st = h.lock();
+        h.rung.notify_all();
     }
 }
 
@@ -105,37 +118,54 @@ struct Watched {
     rings: u64,
     /// Listeners using this watch; the watch is removed when the last one drops.
     listeners: usize,
+    /// The kernel dropped the watch (the file was deleted or replaced): listeners make a
+    /// new one on their next wait.
+    dead: bool,
 }
 
-/// The hub, started on first use; `None` when inotify cannot be initialised.
+/// How long after a failed attempt the hub is tried again.
+const HUB_RETRY: Duration = Duration::from_secs(1);
+
+/// The hub, started on first use. When inotify cannot be initialised (the user is out of
+/// instances), waits poll, and the hub is tried again at most every [`HUB_RETRY`], so a
+/// process recovers once instances are free again.
 fn hub() -> Option<&'static Hub> {
-    static HUB: OnceLock<Option<Hub>> = OnceLock::new();
-    HUB.get_or_init(|| {
-        let inotify = Inotify::init()
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot create an inotify instance; waits will poll"))
-            .ok()?;
-        let watches = inotify.watches();
-        // The reader owns the descriptor and blocks in read(2) on it. It reaches the hub
-        // through `hub()`, which returns once this initialiser has.
-        std::thread::Builder::new()
-            .name("relay-doorbell".into())
-            .spawn(move || {
-                if let Some(h) = hub() {
-                    h.read_loop(inotify);
-                }
-            })
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot start the doorbell thread; waits will poll"))
-            .ok()?;
-        Some(Hub {
-            state: Mutex::new(HubState {
-                watches,
-                by_path: HashMap::new(),
-                by_wd: HashMap::new(),
-            }),
-            rung: Condvar::new(),
-        })
-    })
-    .as_ref()
+    static HUB: OnceLock<&'static Hub> = OnceLock::new();
+    static LAST_TRY: Mutex<Option<Instant>> = Mutex::new(None);
+    if let Some(h) = HUB.get() {
+        return Some(h);
+    }
+    let mut last = LAST_TRY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = HUB.get() {
+        return Some(h);
+    }
+    if last.is_some_and(|t| t.elapsed() < HUB_RETRY) {
+        return None;
+    }
+    *last = Some(Instant::now());
+    let inotify = Inotify::init()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot create an inotify instance; waits will poll"),
+        )
+        .ok()?;
+    let hub: &'static Hub = Box::leak(Box::new(Hub {
+        state: Mutex::new(HubState {
+            watches: inotify.watches(),
+            by_path: HashMap::new(),
+            by_wd: HashMap::new(),
+        }),
+        rung: Condvar::new(),
+    }));
+    // The reader owns the descriptor and blocks in read(2) on it.
+    let spawned = std::thread::Builder::new()
+        .name("relay-doorbell".into())
+        .spawn(move || hub.read_loop(inotify));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the doorbell thread; waits will poll");
+        return None;
+    }
+    let _ = HUB.set(hub);
+    Some(hub)
 }
 
 impl Hub {
@@ -146,6 +176,8 @@ impl Hub {
     }
 
     /// Each batch of events bumps the counts of the files it names and wakes every waiter.
+    /// A dropped watch (IN_IGNORED: its file was deleted) wakes its listeners to make a new
+    /// one; a queue overflow (events lost) wakes everybody.
     fn read_loop(&self, mut inotify: Inotify) {
         let mut buf = [0u8; 4096];
         loop {
@@ -153,8 +185,22 @@ impl Hub {
                 Ok(events) => {
                     let mut st = self.lock();
                     for ev in events {
-                        if let Some(w) = st.by_wd.get_mut(&ev.wd) {
-                            w.rings = w.rings.wrapping_add(1);
+                        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                            st.by_wd
+                                .values_mut()
+                                .for_each(|w| w.rings = w.rings.wrapping_add(1));
+                            continue;
+                        }
+                        let Some(w) = st.by_wd.get_mut(&ev.wd) else {
+                            continue;
+                        };
+                        w.rings = w.rings.wrapping_add(1);
+                        if ev.mask.contains(EventMask::IGNORED) {
+                            w.dead = true;
+                            let path = w.path.clone();
+                            if st.by_path.get(&path) == Some(&ev.wd) {
+                                st.by_path.remove(&path);
+                            }
                         }
                     }
                     drop(st);
@@ -169,26 +215,28 @@ impl Hub {
         }
     }
 
-    /// Watches `path` (or joins its existing watch); returns the watch and its ring count.
+    /// Watches `path` (or joins its live watch); returns the watch and its ring count.
     fn watch(&self, path: &Path) -> std::io::Result<(WatchDescriptor, u64)> {
         let mut st = self.lock();
         if let Some(wd) = st.by_path.get(path).cloned()
             && let Some(w) = st.by_wd.get_mut(&wd)
+            && !w.dead
         {
             w.listeners += 1;
             return Ok((wd, w.rings));
         }
         let wd = st.watches.add(path, WatchMask::CLOSE_WRITE)?;
         st.by_path.insert(path.to_path_buf(), wd.clone());
-        st.by_wd.insert(
-            wd.clone(),
-            Watched {
-                path: path.to_path_buf(),
-                rings: 0,
-                listeners: 1,
-            },
-        );
-        Ok((wd, 0))
+        let w = st.by_wd.entry(wd.clone()).or_insert(Watched {
+            path: path.to_path_buf(),
+            rings: 0,
+            listeners: 0,
+            dead: false,
+        });
+        // The kernel hands back the same descriptor for a file already watched.
+        w.listeners += 1;
+        w.dead = false;
+        Ok((wd, w.rings))
     }
 
     fn unwatch(&self, wd: &WatchDescriptor) {
@@ -196,13 +244,16 @@ impl Hub {
         let Some(w) = st.by_wd.get_mut(wd) else {
             return;
         };
-        w.listeners -= 1;
+        w.listeners = w.listeners.saturating_sub(1);
         if w.listeners == 0 {
-            let path = w.path.clone();
+            let (path, dead) = (w.path.clone(), w.dead);
             st.by_wd.remove(wd);
-            st.by_path.remove(&path);
-            // Already gone when the file was deleted; nothing to do then.
-            let _ = st.watches.remove(wd.clone());
+            if st.by_path.get(&path) == Some(wd) {
+                st.by_path.remove(&path);
+            }
+            if !dead {
+                let _ = st.watches.remove(wd.clone());
+            }
         }
     }
 }
@@ -211,28 +262,53 @@ impl Hub {
 #[derive(Debug)]
 pub(crate) struct Listener {
     watch: Option<(WatchDescriptor, u64)>,
+    path: PathBuf,
 }
 
 impl Listener {
-    /// Sleeps until the bell rings or `timeout` passes. Rings that came meanwhile are all
-    /// covered by one wake-up.
-    pub(crate) fn wait(&mut self, timeout: Duration) {
-        let (Some((wd, seen)), Some(hub)) = (self.watch.as_mut(), hub()) else {
+    /// Sleeps until the bell rings, `cancel` is cancelled or `timeout` passes. Rings that
+    /// came meanwhile are all covered by one wake-up.
+    pub(crate) fn wait(&mut self, timeout: Duration, cancel: &super::Cancel) {
+        let deadline = Instant::now() + timeout;
+        let Some(hub) = hub() else {
             std::thread::sleep(timeout.min(FALLBACK_POLL));
             return;
         };
-        let deadline = Instant::now() + timeout;
+        if self.watch.is_none() {
+            // No watch yet (inotify was short when this listener started): try again.
+            self.watch = watch(&self.path).ok();
+            if self.watch.is_none() {
+                std::thread::sleep(timeout.min(FALLBACK_POLL));
+                return;
+            }
+            // A ring may have come before the watch existed: look again first.
+            return;
+        }
         let mut st = hub.lock();
         loop {
-            let Some(rings) = st.by_wd.get(wd).map(|w| w.rings) else {
+            let Some((wd, seen)) = self.watch.as_mut() else {
                 return;
             };
+            let (rings, dead) = match st.by_wd.get(wd) {
+                Some(w) => (w.rings, w.dead),
+                None => (seen.wrapping_add(1), true),
+            };
+            if dead {
+                // The file was deleted: make a new watch, then let the caller look again
+                // (a ring may have fallen between the two).
+                drop(st);
+                if let Some((old, _)) = self.watch.take() {
+                    hub.unwatch(&old);
+                }
+                self.watch = watch(&self.path).ok();
+                return;
+            }
             if rings != *seen {
                 *seen = rings;
                 return;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || cancel.is_cancelled() {
                 return;
             }
             st = hub
@@ -268,7 +344,7 @@ mod tests {
         let other = bells.clone();
         let ringer = std::thread::spawn(move || other.ring("ep1"));
         let start = Instant::now();
-        listener.wait(Duration::from_secs(60));
+        listener.wait(Duration::from_secs(60), &crate::store::Cancel::new());
         assert!(start.elapsed() < Duration::from_secs(30));
         ringer.join().unwrap();
     }
@@ -280,7 +356,7 @@ mod tests {
         let mut listener = bells.listen("ep1");
         bells.ring("ep2");
         let start = Instant::now();
-        listener.wait(Duration::from_millis(300));
+        listener.wait(Duration::from_millis(300), &crate::store::Cancel::new());
         assert!(start.elapsed() >= Duration::from_millis(300));
     }
 
@@ -303,11 +379,11 @@ mod tests {
         let other = bells.clone();
         let ringer = std::thread::spawn(move || other.ring("ep199"));
         let start = Instant::now();
-        listeners[199].wait(Duration::from_secs(60));
+        listeners[199].wait(Duration::from_secs(60), &crate::store::Cancel::new());
         assert!(start.elapsed() < Duration::from_secs(30));
         ringer.join().unwrap();
         let start = Instant::now();
-        listeners[0].wait(Duration::from_millis(200));
+        listeners[0].wait(Duration::from_millis(200), &crate::store::Cancel::new());
         assert!(
             start.elapsed() >= Duration::from_millis(200),
             "ep0 was not rung"

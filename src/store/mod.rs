@@ -176,6 +176,23 @@ pub trait Store: Send + Sync {
     /// Backend errors.
     fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>>;
 
+    /// [`Store::wait`] that also returns an empty list as soon as `cancel` is cancelled, so
+    /// a waiter nobody waits for any more gives its thread back at once. Nothing is fetched
+    /// after the cancel is seen.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn wait_or_cancel(
+        &self,
+        recipient: &str,
+        req: &Fetch,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Vec<Message>> {
+        let _ = cancel;
+        self.wait(recipient, req, timeout)
+    }
+
     /// Records that `process` is the agent process of `endpoint_id`'s session (replacing
     /// any binding of that process).
     ///

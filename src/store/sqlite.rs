@@ -199,16 +199,20 @@ impl SqliteStore {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))?)
     }
 
-    /// The wait loop: look, then sleep until the bell, a lease expiry, the backstop poll
-    /// or the deadline, whichever is first.
+    /// The wait loop: look, then sleep until the bell, a lease expiry, the backstop poll,
+    /// a cancel or the deadline, whichever is first.
     fn wait_with(
         &self,
         recipient: &str,
         req: &Fetch,
         deadline: Instant,
         bell: &mut Listener,
+        cancel: &Cancel,
     ) -> Result<Vec<Message>> {
         loop {
+            if cancel.is_cancelled() {
+                return Ok(Vec::new());
+            }
             let got = self.fetch(recipient, req)?;
             if !got.is_empty() {
                 return Ok(got);
@@ -222,7 +226,7 @@ impl SqliteStore {
                 let until = Duration::from_millis((at - now_ms()).max(0) as u64);
                 nap = nap.min(until + Duration::from_millis(1));
             }
-            bell.wait(nap);
+            bell.wait(nap, cancel);
         }
     }
 }
@@ -555,10 +559,10 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         drop(conn);
-        // A held message is invisible to readers until its hand-over ends, so its ring
-        // waits for `settle_hold` (or the waiters' lease-expiry wake-up).
+        // Held messages ring too: a waiter already asleep then learns when their hold
+        // lapses (it naps until the earliest lease or hold), in case the sender dies.
         let mut rung: Vec<&str> = Vec::new();
-        for m in msgs.iter().filter(|m| m.hold.is_none()) {
+        for m in msgs {
             if !rung.contains(&m.to.as_str()) {
                 self.bells.ring(&m.to);
                 rung.push(&m.to);
@@ -815,11 +819,21 @@ impl Store for SqliteStore {
     }
 
     fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>> {
+        self.wait_or_cancel(recipient, req, timeout, &Cancel::new())
+    }
+
+    fn wait_or_cancel(
+        &self,
+        recipient: &str,
+        req: &Fetch,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Vec<Message>> {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         // Listen before the first look, so a commit between look and sleep still wakes us.
         // A listener is a share of the process's one inotify instance: cheap to make.
         let mut bell = self.bells.listen(recipient);
-        self.wait_with(recipient, req, deadline, &mut bell)
+        self.wait_with(recipient, req, deadline, &mut bell, cancel)
     }
 
     fn bind(&self, process: ProcessRef, endpoint_id: &str) -> Result<()> {

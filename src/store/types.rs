@@ -430,3 +430,27 @@ pub struct GcReport {
     /// Messages past their `expires_at`.
     pub expired_deleted: u64,
 }
+
+/// A cancellation flag for [`super::Store::wait_or_cancel`]: cloned into the waiting
+/// thread, cancelled from anywhere (an MCP request the client cancelled). Cancelling wakes
+/// every waiter of the process, which then look at their own flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A flag not yet cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels: waits using this flag return (empty) at once.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        super::doorbell::wake_all();
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
