@@ -110,7 +110,8 @@ pub(crate) fn print_then_ack(
             output::messages(&doc.messages)
         }
     });
-    if ack {
+    // Acked once the consumer has read the output, not when it sits in a pipe buffer.
+    if ack && output::drained_for_ack() {
         let ids: Vec<String> = doc.messages.iter().map(|m| m.id.clone()).collect();
         store.ack(Some(me), &ids)?;
     }

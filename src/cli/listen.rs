@@ -11,7 +11,8 @@
 //! connection still open. A request is `delivered` once received and `acked` once
 //! answered; a listener killed mid-command leaves it to be answered by the next one.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -45,9 +46,19 @@ pub struct Args {
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// Kill CMD (its whole process group) when it runs longer than this; the reply then
-    /// says it timed out.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// says it timed out. [range: 100ms-1h]
+    #[arg(long, default_value = "60s", value_parser = parse_exec_timeout)]
     pub exec_timeout: Duration,
+}
+
+/// `--exec-timeout`: 100 ms to 1 h. Without a bound, a huge value overflowed the lease
+/// arithmetic, or made a request wait a century for a listener killed mid-command.
+fn parse_exec_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is not in 100ms..=1h"));
+    }
+    Ok(d)
 }
 
 /// Answers requests by running a command.
@@ -62,7 +73,7 @@ impl Answerer {
     /// How long a request being answered is leased: the command's timeout and a margin
     /// for storing the reply. A listener killed meanwhile leaves it to the next one.
     fn lease(&self) -> Duration {
-        self.timeout + Duration::from_secs(30)
+        self.timeout.saturating_add(Duration::from_secs(30))
     }
 
     /// Runs the command for `m`, stores the reply in the sender's mailbox, and returns it
@@ -155,12 +166,37 @@ impl Answerer {
 
 /// Prints messages as they are handled: one JSON line each with `--json`, else the
 /// human form. `output::line` flushes every line (and ends the process on a closed
-/// stdout), so a message acked after `show` returned was written out.
+/// stdout), and `show` returns only once a pipe's reader has read it, so a message acked
+/// after `show` returned was shown.
 struct Printer {
     json: bool,
+    /// Ids being handled right now by one of this listener's paths. A live message whose
+    /// output stalls past its lease is handed out again by the store; the mailbox path then
+    /// skips it here instead of showing it a second time.
+    handling: Mutex<HashSet<String>>,
+}
+
+/// A message this listener is handling; dropping it ends that.
+struct Handling<'a>(&'a Printer, String);
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
 }
 
 impl Printer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.handling.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts handling `id`; `None` when another path of this listener already is.
+    fn begin(&self, id: &str) -> Option<Handling<'_>> {
+        self.lock()
+            .insert(id.to_string())
+            .then(|| Handling(self, id.to_string()))
+    }
+
     fn show(&self, m: &Message, route: &str) {
         if self.json {
             let mut v = serde_json::to_value(m).unwrap_or_default();
@@ -169,6 +205,8 @@ impl Printer {
         } else {
             output::line(output::messages(std::slice::from_ref(m)).trim_end());
         }
+        // Written is not yet read: wait for the consumer (a pipe's buffer is not a screen).
+        output::wait_drained(None);
     }
 }
 
@@ -180,27 +218,6 @@ fn ack_one(store: &SqliteStore, me: &str, id: &str) {
     }
 }
 
-fn from_deliver(d: crate::wire::catalogue::Deliver, me: &str) -> Message {
-    Message {
-        id: d.message_id,
-        from: d.from,
-        from_name: d.from_name,
-        to: me.to_string(),
-        thread: d.thread,
-        reply_to: d.reply_to,
-        intent: if d.intent == 1 {
-            crate::store::Intent::Request
-        } else {
-            crate::store::Intent::Notify
-        },
-        content_type: d.content_type,
-        body: d.body,
-        created_at: d.created_at,
-        expires_at: None,
-        state: crate::store::State::Delivered,
-        deliveries: 1,
-    }
-}
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = Arc::new(ctx.store()?);
@@ -226,7 +243,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             ..Registration::default()
         })?;
     }
-    let printer = Arc::new(Printer { json: ctx.json });
+    let printer = Arc::new(Printer {
+        json: ctx.json,
+        handling: Mutex::new(HashSet::new()),
+    });
     if !ctx.json {
         eprintln!("relay: {} is live on {}", me.display_name(), path.display());
     }
@@ -277,6 +297,10 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answer
         match store.wait(me, &fetch, Duration::from_secs(300)) {
             Ok(msgs) => {
                 for m in &msgs {
+                    // The live path has it (its hand-over outlasted the lease): it acks it.
+                    let Some(_handling) = printer.begin(&m.id) else {
+                        continue;
+                    };
                     printer.show(m, "mailbox");
                     if m.intent == Intent::Request
                         && let Some(a) = answerer
@@ -311,19 +335,23 @@ impl Handler<'_> {
         conn: &mut transport::Connection,
         d: crate::wire::catalogue::Deliver,
     ) -> Result<(), transport::Error> {
-        let m = from_deliver(d, self.me);
-        let answerer = self.answerer.filter(|_| m.intent == Intent::Request);
+        let id = d.message_id.clone();
+        let answerer = self.answerer.filter(|_| d.intent == 1);
         let lease = answerer.map_or(crate::store::DEFAULT_LEASE, Answerer::lease);
         let refuse = |conn: &mut transport::Connection, reason: String| {
             conn.write_frame(Msg::DeliverAck(DeliverAck {
-                message_id: m.id.clone(),
+                message_id: id.clone(),
                 accepted: false,
                 reason: Some(reason),
             }))
         };
-        match self.store.claim(self.me, &m.id, lease) {
-            Ok(true) => {}
-            Ok(false) => {
+        let Some(_handling) = self.printer.begin(&id) else {
+            return refuse(conn, "this listener is handling it already".into());
+        };
+        // Shown and answered from the store's copy: the frame only names the message.
+        let m = match self.store.claim(self.me, &id, lease) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
                 return refuse(
                     conn,
                     "the message is not held for this hand-over (its hold lapsed, or it was \
@@ -332,26 +360,28 @@ impl Handler<'_> {
                 );
             }
             Err(e) => return refuse(conn, format!("the store failed: {e}")),
-        }
+        };
         self.printer.show(&m, "live");
         let ack = |conn: &mut transport::Connection| {
             conn.write_frame(Msg::DeliverAck(DeliverAck {
-                message_id: m.id.clone(),
+                message_id: id.clone(),
                 accepted: true,
                 reason: None,
             }))
         };
         let Some(a) = answerer else {
-            ack_one(self.store, self.me, &m.id);
+            ack_one(self.store, self.me, &id);
             return ack(conn);
         };
         // Received: the sender may stop waiting for the hand-over; the request stays
-        // `delivered` until it is answered.
-        ack(conn)?;
+        // `delivered` until it is answered — also when the sender has hung up meanwhile
+        // (its reply goes to its mailbox).
+        let sender_gone = ack(conn).is_err();
         let reply = a.answer(&m);
-        ack_one(self.store, self.me, &m.id);
-        // The sender may have hung up already; the stored reply still reaches it.
-        let _ = conn.write_frame(Msg::Reply(reply));
+        ack_one(self.store, self.me, &id);
+        if !sender_gone {
+            let _ = conn.write_frame(Msg::Reply(reply));
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! (broken pipe) ends the process quietly with status 0, as a pipeline expects.
 
 use std::io::Write;
+use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
@@ -31,6 +32,69 @@ pub fn line(text: &str) {
         tracing::error!(error = %e, "cannot write to stdout");
         std::process::exit(1);
     }
+}
+
+/// Waits until the consumer on the other end of stdout has read everything written so
+/// far, when stdout is a pipe or a socket: bytes still in the pipe buffer were not shown
+/// to anyone, so a reader acks only after this returns true (DESIGN.md §11). A consumer
+/// that goes away meanwhile (`relay listen | head -n1` after its line) ends the process
+/// quietly with status 0, as a closed stdout does, so nothing more is acked. Files and
+/// terminals return true at once (what is written there is shown). False when `max`
+/// passed first (a consumer that reads only after relay exits): the caller then leaves
+/// its messages unacked, to come back after their lease. There is no readiness event for
+/// "the pipe is empty", so this looks every 1–10 ms while bytes remain.
+pub fn wait_drained(max: Option<Duration>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::fs::FileType;
+    let out = std::io::stdout();
+    let Ok(stat) = rustix::fs::fstat(&out) else {
+        return true;
+    };
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::Fifo && kind != FileType::Socket {
+        return true;
+    }
+    let deadline = max.map(|m| std::time::Instant::now() + m);
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match rustix::io::ioctl_fionread(&out) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return false;
+        }
+        // POLLERR on a pipe's write end: the reader closed it.
+        let mut fds = [PollFd::new(&out, PollFlags::empty())];
+        let ts = Timespec::try_from(nap).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        });
+        if poll(&mut fds, Some(&ts)).is_ok()
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+        {
+            std::process::exit(0);
+        }
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// How long `inbox`, `wait` and `send --wait` wait for their consumer to read their output
+/// before they leave its messages unacked: 30 s.
+pub(crate) const DRAIN_MAX: Duration = Duration::from_secs(30);
+
+/// [`wait_drained`] for a one-shot reader: true when its messages may be acked; logs why
+/// not otherwise.
+pub(crate) fn drained_for_ack() -> bool {
+    let ok = wait_drained(Some(DRAIN_MAX));
+    if !ok {
+        tracing::warn!(
+            "stdout was not read within {}s: the messages stay delivered and come back \
+             after their lease",
+            DRAIN_MAX.as_secs()
+        );
+    }
+    ok
 }
 
 /// Serializes `doc` (an object) with `"ok"` added.

@@ -221,40 +221,42 @@ fn carry_live(
         created_at: receipt.created_at,
     };
     let Some(path) = p.socket.clone() else {
-        return fallback(store, p, receipt, is_request);
+        return Ok(settled(store, p, receipt, false, is_request));
     };
     let ack = match conns.remove(&path) {
         Some(LiveConn::Failed) => None,
-        Some(LiveConn::Open {
-            mut conn,
-            mut carried,
-        }) => match client::deliver_on(&mut conn, deliver) {
-            Ok(ack) => {
+        Some(LiveConn::Open { mut conn, carried }) => {
+            let ack = client::deliver_on(&mut conn, deliver)
+                .inspect_err(|e| tracing::debug!(error = %e, "live hand-over failed"))
+                .ok();
+            if ack.is_some() {
+                let mut carried = carried;
                 carried.push(index);
                 conns.insert(path.clone(), LiveConn::Open { conn, carried });
-                Some(ack)
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "live hand-over failed");
-                None
-            }
-        },
+            ack
+        }
         None => {
             let mut me = Local::new(p.msg.from.clone());
             me.name = p.from_name.clone();
-            // If the socket vanished since the probe, probe once more.
-            let mut got = None;
+            // If the socket vanished since the probe, dial once more — only the handshake
+            // is retried: once the `Deliver` is written the receiver may have shown it, and
+            // a second one would be refused as no longer held.
+            let mut conn = None;
             for _ in 0..2 {
                 let Some(s) = probes.stream(&path) else { break };
-                match client::deliver(s, &me, deliver.clone(), LIVE_TIMEOUT) {
-                    Ok(ok) => {
-                        got = Some(ok);
+                match client::open(s, &me, LIVE_TIMEOUT) {
+                    Ok(c) => {
+                        conn = Some(c);
                         break;
                     }
-                    Err(e) => tracing::debug!(error = %e, "live hand-over failed"),
+                    Err(e) => tracing::debug!(error = %e, "live handshake failed"),
                 }
             }
-            got.map(|(ack, conn)| {
+            conn.and_then(|mut conn| {
+                let ack = client::deliver_on(&mut conn, deliver)
+                    .inspect_err(|e| tracing::debug!(error = %e, "live hand-over failed"))
+                    .ok()?;
                 conns.insert(
                     path.clone(),
                     LiveConn::Open {
@@ -262,49 +264,47 @@ fn carry_live(
                         carried: vec![index],
                     },
                 );
-                ack
+                Some(ack)
             })
         }
     };
     match ack {
-        Some(ack) if ack.accepted => {
-            store.settle_hold(&p.msg.to, &receipt.id, true)?;
-            Ok(Carried {
-                sent: Sent {
-                    route: Decision::Live,
-                    receipt: store.receipt(&receipt.id)?,
-                    live: None,
-                },
-                receipt_is_request: is_request,
-            })
-        }
+        Some(ack) if ack.accepted => Ok(settled(store, p, receipt, true, is_request)),
         Some(ack) => {
             tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
-            fallback(store, p, receipt, is_request)
+            Ok(settled(store, p, receipt, false, is_request))
         }
         None => {
             conns.insert(path, LiveConn::Failed);
-            fallback(store, p, receipt, is_request)
+            Ok(settled(store, p, receipt, false, is_request))
         }
     }
 }
 
-/// The hand-over did not happen: drop the hold so the message waits in the mailbox.
-fn fallback(
-    store: &dyn Store,
-    p: &Plan,
-    receipt: Receipt,
-    is_request: bool,
-) -> Result<Carried, Error> {
-    store.settle_hold(&p.msg.to, &receipt.id, false)?;
-    Ok(Carried {
+/// Ends the hand-over's hold and reports the route the message really took. Accepted:
+/// acked, or the receiver's to ack (claimed). Not accepted: back to the mailbox — unless
+/// the receiver claimed it before the hand-over failed (a slow `DeliverAck`): then it is
+/// in the receiver's hands, and the route says `live`. The whole batch is stored already,
+/// so a store error here is logged and the receipt reported as it was, never an error
+/// for messages that were sent.
+fn settled(store: &dyn Store, p: &Plan, receipt: Receipt, shown: bool, is_request: bool) -> Carried {
+    if let Err(e) = store.settle_hold(&p.msg.to, &receipt.id, shown) {
+        tracing::warn!("ending the hand-over hold of {}: {e}", receipt.id);
+    }
+    let now = store.receipt(&receipt.id).unwrap_or(receipt);
+    let route = if shown || now.state != crate::store::State::Queued {
+        Decision::Live
+    } else {
+        Decision::Mailbox
+    };
+    Carried {
         sent: Sent {
-            route: Decision::Mailbox,
-            receipt: store.receipt(&receipt.id)?,
+            route,
+            receipt: now,
             live: None,
         },
         receipt_is_request: is_request,
-    })
+    }
 }
 
 /// A decided message, not yet stored.

@@ -476,11 +476,27 @@ impl Shared {
     /// Best effort, for a connection about to close: writes `msg` if no stream writer holds
     /// the socket now, waiting at most 100 ms for the peer to take it.
     fn tell_peer(&self, msg: Msg) {
-        if let Ok(mut out) = self.out.try_lock() {
-            let _ = out
-                .stream()
-                .set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = out.write_frame(msg);
+        // A writer holding the socket (the control thread sending a credit) lets go within
+        // one frame: try for up to 100 ms rather than once, or the reason is often lost.
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        loop {
+            match self.out.try_lock() {
+                Ok(mut out) => {
+                    let _ = out
+                        .stream()
+                        .set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = out.write_frame(msg);
+                    return;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let _ = p.into_inner().write_frame(msg);
+                    return;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
         }
     }
 

@@ -127,13 +127,14 @@ pub trait Store: Send + Sync {
     /// A live receiver takes over a message held for its hand-over: `queued` and held →
     /// `delivered` under `lease`, so the receiver acks it when it has handled it (answered a
     /// request), and a receiver that dies first leaves it to the mailbox when the lease
-    /// lapses. True when this call took it; false when it is not held any more (the hold
-    /// lapsed or was released, another reader has it, or it is acked) — then the receiver
-    /// must not handle it, because the mailbox path will.
+    /// lapses. The stored message when this call took it (show that, not what the frame
+    /// said); `None` when it is not held any more (the hold lapsed or was released, another
+    /// reader has it, or it is acked) — then the receiver must not handle it, because the
+    /// mailbox path will.
     ///
     /// # Errors
     /// Backend errors.
-    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<bool>;
+    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<Option<Message>>;
 
     /// Ends the hold of a live hand-over (sender side). `shown`: the receiver confirmed it
     /// (`DeliverAck` accepted) — the message is acked, unless the receiver claimed it (then

@@ -661,15 +661,23 @@ impl Store for SqliteStore {
         })?)
     }
 
-    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<bool> {
+    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<Option<Message>> {
         let now = now_ms();
-        let changed = self.conn().execute(
+        let sql = format!(
             "UPDATE messages SET state = 'delivered', lease_until = ?4, \
                delivered_at = coalesce(delivered_at, ?3), deliveries = deliveries + 1 \
-             WHERE id = ?1 AND recipient = ?2 AND state = 'queued' AND lease_until > ?3",
-            params![id, recipient, now, now.saturating_add(millis(lease))],
-        )?;
-        Ok(changed == 1)
+             WHERE id = ?1 AND recipient = ?2 AND state = 'queued' AND lease_until > ?3 \
+             RETURNING {MESSAGE_COLS}"
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let got = stmt
+            .query_row(
+                params![id, recipient, now, now.saturating_add(millis(lease))],
+                message_row,
+            )
+            .optional()?;
+        Ok(got.map(|(_, m)| m))
     }
 
     fn settle_hold(&self, recipient: &str, id: &str, shown: bool) -> Result<State> {

@@ -67,14 +67,25 @@ pub fn deliver(
     d: Deliver,
     timeout: Duration,
 ) -> Result<(DeliverAck, Connection), Error> {
-    let mut conn = Connection::new(stream);
-    conn.set_read_timeout(Some(timeout))?;
-    handshake::dial(&mut conn, me)?;
+    let mut conn = open(stream, me, timeout)?;
     let ack = deliver_on(&mut conn, d)?;
     Ok((ack, conn))
 }
 
-/// Sends one more `Deliver` on a connection [`deliver`] opened and waits for its
+/// Handshakes on `stream` as `me`, every read bounded by `timeout`: a connection ready for
+/// [`deliver_on`]. Nothing has been handed over yet when this fails, so a caller may
+/// retry on a fresh connection.
+///
+/// # Errors
+/// Handshake, wire and socket errors.
+pub fn open(stream: UnixStream, me: &Local, timeout: Duration) -> Result<Connection, Error> {
+    let mut conn = Connection::new(stream);
+    conn.set_read_timeout(Some(timeout))?;
+    handshake::dial(&mut conn, me)?;
+    Ok(conn)
+}
+
+/// Sends one `Deliver` on a connection [`open`] made and waits for its
 /// `DeliverAck` (answering `Ping`s; a `Reply` to an earlier request is skipped, it is in
 /// the asker's mailbox too), each read bounded by the connection's read timeout. Many
 /// messages to one endpoint share one connection this way.
