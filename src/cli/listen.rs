@@ -218,7 +218,6 @@ fn ack_one(store: &SqliteStore, me: &str, id: &str) {
     }
 }
 
-
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let store = Arc::new(ctx.store()?);
     let me = ctx.me(store.as_ref())?;

@@ -2,8 +2,8 @@
 //! (broken pipe) ends the process quietly with status 0, as a pipeline expects.
 
 use std::io::Write;
-use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -20,11 +20,16 @@ pub fn wrote_stdout() -> bool {
     WROTE.load(Ordering::Relaxed)
 }
 
-/// Writes `text` and a newline to stdout.
+/// Writes `text` and a newline to stdout, in one write where it fits the pipe: a reader
+/// sees a message whole or not at all, never its first line alone (stdout's line
+/// buffering would split it at every newline).
 pub fn line(text: &str) {
     WROTE.store(true, Ordering::Relaxed);
+    let mut whole = String::with_capacity(text.len() + 1);
+    whole.push_str(text);
+    whole.push('\n');
     let mut out = std::io::stdout().lock();
-    let res = writeln!(out, "{text}").and_then(|()| out.flush());
+    let res = out.write_all(whole.as_bytes()).and_then(|()| out.flush());
     if let Err(e) = res {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
@@ -73,6 +78,10 @@ pub fn wait_drained(max: Option<Duration>) -> bool {
         if poll(&mut fds, Some(&ts)).is_ok()
             && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
         {
+            // Gone: it read everything before leaving (`head` after its line), or not.
+            if rustix::io::ioctl_fionread(&out).is_ok_and(|n| n == 0) {
+                return true;
+            }
             std::process::exit(0);
         }
         nap = (nap * 2).min(Duration::from_millis(10));

@@ -282,9 +282,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send + 'static> Stdio<
             // Not JSON. Answering garbage can start an error storm with a peer that echoes
             // it, so only a line whose request id can still be read gets an answer.
             match id_of_head(line) {
-                Some(id) => {
-                    self.answer_error(Some(id), PARSE_ERROR, format!("parse error: {e}"))
-                }
+                Some(id) => self.answer_error(Some(id), PARSE_ERROR, format!("parse error: {e}")),
                 None => tracing::debug!("ignoring a line that is not JSON: {e}"),
             }
             return;
@@ -402,7 +400,10 @@ where
             match self.read_line().await {
                 Ok(LineRead::Line) => {}
                 Ok(LineRead::Oversized(id)) => {
-                    tracing::warn!(limit = MAX_LINE, "an MCP request line over the limit was discarded");
+                    tracing::warn!(
+                        limit = MAX_LINE,
+                        "an MCP request line over the limit was discarded"
+                    );
                     self.answer_error(
                         id,
                         INVALID_REQUEST,

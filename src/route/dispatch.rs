@@ -287,7 +287,13 @@ fn carry_live(
 /// in the receiver's hands, and the route says `live`. The whole batch is stored already,
 /// so a store error here is logged and the receipt reported as it was, never an error
 /// for messages that were sent.
-fn settled(store: &dyn Store, p: &Plan, receipt: Receipt, shown: bool, is_request: bool) -> Carried {
+fn settled(
+    store: &dyn Store,
+    p: &Plan,
+    receipt: Receipt,
+    shown: bool,
+    is_request: bool,
+) -> Carried {
     if let Err(e) = store.settle_hold(&p.msg.to, &receipt.id, shown) {
         tracing::warn!("ending the hand-over hold of {}: {e}", receipt.id);
     }

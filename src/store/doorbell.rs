@@ -389,4 +389,53 @@ mod tests {
             "ep0 was not rung"
         );
     }
+
+    /// Review of issue 9: when a doorbell file was deleted (its watch dropped by the
+    /// kernel), waits on it woke only at the backstop. A listener now re-watches the new
+    /// file and wakes on its next ring.
+    #[test]
+    fn a_deleted_doorbell_file_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bells = Doorbells::new(dir.path().join("bells")).unwrap();
+        let cancel = crate::store::Cancel::new();
+        let mut listener = bells.listen("ep1");
+        std::fs::remove_file(bells.path("ep1")).unwrap();
+        // The kernel's IN_IGNORED wakes the listener, which makes a new watch.
+        let start = Instant::now();
+        listener.wait(Duration::from_secs(20), &cancel);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "woken by the dropped watch"
+        );
+        let other = bells.clone();
+        let ringer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.ring("ep1")
+        });
+        let start = Instant::now();
+        listener.wait(Duration::from_secs(20), &cancel);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "woken by the ring on the new file"
+        );
+        ringer.join().unwrap();
+    }
+
+    /// A cancel ends a wait at once.
+    #[test]
+    fn a_cancel_ends_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let bells = Doorbells::new(dir.path().join("bells")).unwrap();
+        let cancel = crate::store::Cancel::new();
+        let mut listener = bells.listen("ep1");
+        let c = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c.cancel()
+        });
+        let start = Instant::now();
+        listener.wait(Duration::from_secs(30), &cancel);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        t.join().unwrap();
+    }
 }
