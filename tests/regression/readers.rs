@@ -847,6 +847,14 @@ fn an_oversized_line_is_answered_even_while_stdout_is_stalled() {
         Duration::from_secs(30),
         || blocked_writing_a_pipe(pid),
     );
+    // A wait that times out while the error below waits for stdout (the 16 MiB line is
+    // read well within its 3 s): its response makes rmcp's select drop the transport's
+    // pending receive, and with it a write still waiting for the stalled stdout.
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"wait","arguments":{{"timeout_s":3}}}}}}"#
+    )
+    .unwrap();
     let mut line =
         String::from(r#"{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"x":""#);
     line.push_str(&"z".repeat(16 * 1024 * 1024 + 1));
@@ -868,7 +876,7 @@ fn an_oversized_line_is_answered_even_while_stdout_is_stalled() {
     });
     let mut ids = Vec::new();
     let end = Instant::now() + Duration::from_secs(30);
-    while !(ids.contains(&json!(77)) && ids.contains(&json!(78))) {
+    while !(ids.contains(&json!(77)) && ids.contains(&json!(78)) && ids.contains(&json!(2))) {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(id) => ids.push(id),
@@ -947,6 +955,16 @@ fn a_request_is_answered_even_when_its_sender_gave_up_on_the_hand_over() {
     let h = Home::new();
     h.register("asker");
     let calc = h.register("calc");
+    // Mail already queued fills the listener's stdout nobody reads yet: it stalls.
+    let filler: String = (0..40).map(|_| format!("{}\n", "f".repeat(4000))).collect();
+    assert_eq!(
+        h.run_stdin(
+            &["send", "calc", "--as", "asker", "--stdin", "--lines"],
+            filler.as_bytes()
+        )
+        .code,
+        0
+    );
     let rt = tempfile::tempdir().unwrap();
     let mut listener = h
         .cmd(&[
