@@ -2,6 +2,8 @@
 //! with a deadline, so a hang fails the test instead of stalling CI.
 #![allow(dead_code)]
 
+pub mod mcp;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::mcp::Mcp;
 use crate::common::*;
 
 /// Waits (bounded) for `ready`; panics naming `what` at the deadline.
@@ -58,98 +59,6 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `relay mcp --as <as_>` spoken to line by line, as a raw JSON-RPC client.
-struct Mcp {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Mcp {
-    fn start(h: &Home, as_: &str) -> Mcp {
-        let mut child = h
-            .cmd(&["mcp", "--as", as_])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn relay mcp");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut m = Mcp {
-            child,
-            stdin,
-            lines,
-        };
-        m.initialize();
-        m
-    }
-
-    fn initialize(&mut self) {
-        self.send(
-            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},
-            "clientInfo":{"name":"regression","version":"0"}}}),
-        );
-        self.response(0);
-        self.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
-    }
-
-    fn send(&mut self, v: &Value) {
-        let mut line = v.to_string();
-        line.push('\n');
-        self.stdin
-            .write_all(line.as_bytes())
-            .expect("write to relay mcp");
-        self.stdin.flush().unwrap();
-    }
-
-    fn call(&mut self, id: u64, tool: &str, args: Value) {
-        self.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-            "params":{"name":tool,"arguments":args}}));
-    }
-
-    /// The response to request `id` (other lines are skipped), within 60 s.
-    fn response(&self, id: u64) -> Value {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no response to request {id}"));
-            let v: Value = serde_json::from_str(&line).expect("stdout carries JSON-RPC only");
-            if v["id"] == json!(id) {
-                return v;
-            }
-        }
-    }
-
-    /// A tool call's result text, parsed.
-    fn result(&self, id: u64) -> Value {
-        let r = self.response(id);
-        let text = r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no tool result in {r}"));
-        serde_json::from_str(text).unwrap()
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        kill9(&mut self.child);
-    }
-}
-
 /// Issue 9 item 1: an MCP `wait` cancelled by `notifications/cancelled`, then a send. The
 /// cancelled call gets no response, so nobody saw the message: it must not be acked, and
 /// the next `inbox` must get it (it was acked and lost, 5 of 5 tries).
@@ -158,7 +67,7 @@ fn a_cancelled_mcp_wait_acks_nothing_and_the_next_inbox_gets_the_mail() {
     let h = Home::new();
     h.register("alice");
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     m.call(2, "wait", json!({"timeout_s": 30}));
     m.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled",
         "params":{"requestId":2,"reason":"user pressed Esc"}}));
@@ -189,24 +98,19 @@ fn a_cancelled_mcp_wait_acks_nothing_and_the_next_inbox_gets_the_mail() {
     });
 }
 
-/// Issue 9 item 2: MCP `inbox` acked its batch before writing the response; a client that
-/// stops reading then lost it. With the response stuck in a full pipe and the server
-/// killed, nothing may be acked (3 of 3 were).
-#[test]
-fn an_mcp_inbox_whose_response_is_never_read_acks_nothing() {
-    let h = Home::new();
+/// Three 100 KiB messages for bob, and a `relay mcp --as bob` whose stdout the test does
+/// not read (initialized, then asked for its inbox): its ~300 KiB response stalls in the
+/// 64 KiB pipe. Returns the child, its stdin and its unread stdout.
+fn mcp_with_a_stalled_inbox(h: &Home) -> (Child, ChildStdin, ChildStdout) {
     h.register("alice");
     h.register("bob");
     let body = "x".repeat(100 * 1024);
     for _ in 0..3 {
-        assert_eq!(
-            h.run_stdin(
-                &["send", "bob", "--as", "alice", "--stdin"],
-                body.as_bytes()
-            )
-            .code,
-            0
+        let r = h.run_stdin(
+            &["send", "bob", "--as", "alice", "--stdin"],
+            body.as_bytes(),
         );
+        assert_eq!(r.code, 0, "{}", r.stderr);
     }
     let mut child = h
         .cmd(&["mcp", "--as", "bob"])
@@ -216,14 +120,19 @@ fn an_mcp_inbox_whose_response_is_never_read_acks_nothing() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = child.stdout.take().unwrap();
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-06-18","capabilities":{},
         "clientInfo":{"name":"regression","version":"0"}}});
     writeln!(stdin, "{init}").unwrap();
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    assert!(first.contains("\"id\":0"), "{first}");
+    // Byte by byte, so nothing after the initialize response is read.
+    let mut first = Vec::new();
+    let mut b = [0u8; 1];
+    while first.last() != Some(&b'\n') {
+        stdout.read_exact(&mut b).unwrap();
+        first.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&first).contains("\"id\":0"));
     writeln!(
         stdin,
         r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
@@ -234,13 +143,22 @@ fn an_mcp_inbox_whose_response_is_never_read_acks_nothing() {
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"inbox","arguments":{{}}}}}}"#
     )
     .unwrap();
-    // The ~300 KiB response cannot fit the 64 KiB pipe nobody reads: wait for the stall.
     let pid = child.id();
     wait_until(
-        "relay mcp to block writing its response",
+        "the inbox response to stall",
         Duration::from_secs(30),
         || blocked_writing_a_pipe(pid),
     );
+    (child, stdin, stdout)
+}
+
+/// Issue 9 item 2: MCP `inbox` acked its batch before writing the response; a client that
+/// stops reading then lost it. With the response stuck in a full pipe and the server
+/// killed, nothing may be acked (3 of 3 were).
+#[test]
+fn an_mcp_inbox_whose_response_is_never_read_acks_nothing() {
+    let h = Home::new();
+    let (mut child, _stdin, _stdout) = mcp_with_a_stalled_inbox(&h);
     assert_eq!(count(&h, "state = 'delivered'"), 3, "fetched under a lease");
     kill9(&mut child);
     assert_eq!(
@@ -536,7 +454,7 @@ fn a_live_listener_and_a_mailbox_reader_never_both_show_a_message() {
 fn two_hundred_mcp_waits_cost_one_inotify_instance_and_no_cpu() {
     let h = Home::new();
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     for id in 1..=200 {
         m.call(id, "wait", json!({"timeout_s": 60}));
     }
@@ -597,7 +515,7 @@ fn two_hundred_mcp_waits_cost_one_inotify_instance_and_no_cpu() {
 fn an_oversized_mcp_request_line_is_answered_with_the_limit() {
     let h = Home::new();
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     let mut line = String::from(
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"send","arguments":{"to":"bob","body":""#,
     );
@@ -698,7 +616,7 @@ fn a_cancel_right_after_an_mcp_response_gives_the_mail_back() {
     let h = Home::new();
     h.register("alice");
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     m.call(2, "wait", json!({"timeout_s": 30}));
     let sent = h.json(&["send", "bob", "--as", "alice", "crossing"]);
     let id = sent["id"].as_str().unwrap().to_string();
@@ -735,7 +653,7 @@ fn a_reused_mcp_request_id_never_acks_mail_it_did_not_carry() {
     let h = Home::new();
     h.register("alice");
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     m.call(1, "wait", json!({"timeout_s": 30}));
     m.call(1, "inbox", json!({}));
     let _ = m.response(1);
@@ -772,7 +690,7 @@ fn a_reused_mcp_request_id_never_acks_mail_it_did_not_carry() {
 fn cancelled_mcp_waits_give_their_threads_back() {
     let h = Home::new();
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     for id in 1..=300u64 {
         m.call(id, "wait", json!({"timeout_s": 120}));
         m.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled",
@@ -804,49 +722,7 @@ fn cancelled_mcp_waits_give_their_threads_back() {
 #[test]
 fn an_oversized_line_is_answered_even_while_stdout_is_stalled() {
     let h = Home::new();
-    h.register("alice");
-    h.register("bob");
-    let body = "x".repeat(100 * 1024);
-    for _ in 0..3 {
-        assert_eq!(
-            h.run_stdin(
-                &["send", "bob", "--as", "alice", "--stdin"],
-                body.as_bytes()
-            )
-            .code,
-            0
-        );
-    }
-    let mut child = h
-        .cmd(&["mcp", "--as", "bob"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    writeln!(
-        stdin,
-        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"r","version":"0"}}}}}}"#
-    )
-    .unwrap();
-    writeln!(
-        stdin,
-        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
-    )
-    .unwrap();
-    writeln!(
-        stdin,
-        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"inbox","arguments":{{}}}}}}"#
-    )
-    .unwrap();
-    let pid = child.id();
-    wait_until(
-        "the inbox response to stall",
-        Duration::from_secs(30),
-        || blocked_writing_a_pipe(pid),
-    );
+    let (mut child, mut stdin, stdout) = mcp_with_a_stalled_inbox(&h);
     // A wait that times out while the error below waits for stdout (the 16 MiB line is
     // read well within its 3 s): its response makes rmcp's select drop the transport's
     // pending receive, and with it a write still waiting for the stalled stdout.
@@ -894,7 +770,7 @@ fn an_oversized_line_is_answered_even_while_stdout_is_stalled() {
 fn every_unreadable_mcp_request_is_answered() {
     let h = Home::new();
     h.register("bob");
-    let mut m = Mcp::start(&h, "bob");
+    let mut m = Mcp::start(&h, Some("bob"));
     m.stdin
         .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\",\"params\":{\"x\":\"\xff\"}}\n")
         .unwrap();

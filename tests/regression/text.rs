@@ -311,105 +311,13 @@ fn item13_cli_send_refuses_long_or_control_threads() {
     assert_eq!(message_rows(&h), 1);
 }
 
-/// A `relay mcp` child driven with raw JSON-RPC lines; every answer has a deadline.
-struct Mcp {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    next: u64,
-}
-
-impl Mcp {
-    fn start(h: &Home) -> Mcp {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
-        cmd.arg("mcp")
-            .env("RELAY_HOME", h.path())
-            .env_remove("RELAY_AS")
-            .env("RELAY_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn relay mcp");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut m = Mcp {
-            child,
-            lines,
-            next: 1,
-        };
-        m.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                   "clientInfo": {"name": "regression", "version": "0"}}),
-        );
-        m.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        m
-    }
-
-    fn write(&mut self, v: &Value) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        let mut line = v.to_string();
-        line.push('\n');
-        stdin
-            .write_all(line.as_bytes())
-            .expect("write to relay mcp");
-        stdin.flush().unwrap();
-    }
-
-    /// Sends a request and returns its response, within 60 s.
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next;
-        self.next += 1;
-        self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no answer to {method} within 60 s"));
-            let v: Value = serde_json::from_str(&line).expect("a JSON-RPC line");
-            if v["id"] == json!(id) {
-                return v;
-            }
-        }
-    }
-
-    /// Calls a tool; returns (is_error, the result text parsed as JSON).
-    fn tool(&mut self, name: &str, args: Value) -> (bool, Value) {
-        let r = self.request("tools/call", json!({"name": name, "arguments": args}));
-        let res = &r["result"];
-        let text = res["content"][0]["text"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"));
-        (
-            res["isError"] == json!(true),
-            serde_json::from_str(text).expect("tool text is JSON"),
-        )
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// issue 9 item 13 (MCP): an 8 MiB thread through the MCP `send` tool is refused with the
 /// rule, and nothing is stored.
 #[test]
 fn item13_mcp_send_refuses_an_8_mib_thread() {
     let h = Home::new();
     h.register("bob");
-    let mut mcp = Mcp::start(&h);
+    let mut mcp = crate::common::mcp::Mcp::start(&h, None);
     let (err, _) = mcp.tool("register", json!({"name": "alice"}));
     assert!(!err);
     let big = "t".repeat(8 * 1024 * 1024);

@@ -1,0 +1,133 @@
+//! `relay mcp` driven as a raw JSON-RPC client, line by line, every answer with a
+//! deadline: for tests that need exact bytes on the wire (cancels, reused ids, over-long
+//! lines) rather than rmcp's client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::Home;
+
+/// `relay mcp --as <as_>` spoken to line by line, as a raw JSON-RPC client.
+pub struct Mcp {
+    /// The `relay mcp` process.
+    pub child: Child,
+    /// Its stdin.
+    pub stdin: ChildStdin,
+    /// Its stdout, line by line.
+    pub lines: mpsc::Receiver<String>,
+    next: u64,
+}
+
+impl Mcp {
+    /// Starts `relay mcp --as <as_>` (or with no identity for `None`) and initializes it.
+    pub fn start(h: &Home, as_: Option<&str>) -> Mcp {
+        let mut args = vec!["mcp"];
+        if let Some(a) = as_ {
+            args.extend(["--as", a]);
+        }
+        let mut child = h
+            .cmd(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn relay mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = Mcp {
+            child,
+            stdin,
+            lines,
+            next: 1_000_000,
+        };
+        m.initialize();
+        m
+    }
+
+    pub fn initialize(&mut self) {
+        self.send(
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"regression","version":"0"}}}),
+        );
+        self.response(0);
+        self.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        let mut line = v.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .expect("write to relay mcp");
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn call(&mut self, id: u64, tool: &str, args: Value) {
+        self.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":tool,"arguments":args}}));
+    }
+
+    /// The response to request `id` (other lines are skipped), within 60 s.
+    pub fn response(&self, id: u64) -> Value {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no response to request {id}"));
+            let v: Value = serde_json::from_str(&line).expect("stdout carries JSON-RPC only");
+            if v["id"] == json!(id) {
+                return v;
+            }
+        }
+    }
+
+    /// A tool call's result text, parsed.
+    pub fn result(&self, id: u64) -> Value {
+        let r = self.response(id);
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no tool result in {r}"));
+        serde_json::from_str(text).unwrap()
+    }
+}
+
+impl Mcp {
+    /// Calls a tool under a fresh id; returns (is_error, the result text parsed as JSON).
+    pub fn tool(&mut self, name: &str, args: Value) -> (bool, Value) {
+        let id = self.next;
+        self.next += 1;
+        self.call(id, name, args);
+        let r = self.response(id);
+        let res = &r["result"];
+        let text = res["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"));
+        (
+            res["isError"] == json!(true),
+            serde_json::from_str(text).expect("tool text is JSON"),
+        )
+    }
+}
+
+impl Drop for Mcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
