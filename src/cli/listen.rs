@@ -232,7 +232,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     // Bound first: a second listener for this endpoint fails here, before it could
     // overwrite the running one's pid below.
     let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &me.id);
-    let listener = Listener::bind(&path)?;
+    let listener = Listener::bind_locked(
+        &path,
+        Some(&transport::endpoint_lock(&ctx.config.home, &me.id)),
+    )?;
     // Mark it live: the pid and start time tell a reused pid apart.
     if let Some(p) = procfs::current() {
         store.register(&Registration {

@@ -193,7 +193,10 @@ fn recv(ctx: &Ctx, a: RecvArgs) -> anyhow::Result<u8> {
     let store = ctx.store()?;
     let me = ctx.me(&store)?;
     let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &me.id);
-    let listener = Listener::bind(&path)?;
+    let listener = Listener::bind_locked(
+        &path,
+        Some(&transport::endpoint_lock(&ctx.config.home, &me.id)),
+    )?;
     let mut out: Box<dyn Write> = if a.file.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {

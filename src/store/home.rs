@@ -68,6 +68,22 @@ pub enum Error {
         /// `directory` or `regular file`.
         want: &'static str,
     },
+    /// A directory above the home lets another user rename what is in it, so the home
+    /// could be swapped for theirs between relay's check and its open.
+    #[error(
+        "{ancestor} (above {}) is {why}: another user could swap your relay home for one of theirs and read your mail. relay left it untouched; point RELAY_HOME at a directory whose parents only you (or root) can change, or fix: {fix}",
+        home.display()
+    )]
+    UnsafeAncestor {
+        /// The home relay was given.
+        home: PathBuf,
+        /// The directory above it that is unsafe.
+        ancestor: String,
+        /// What is wrong with it.
+        why: String,
+        /// The command that would make it safe.
+        fix: String,
+    },
     /// relay must write there and cannot.
     // The OS error is part of the message, not a `source`: `{:#}` would print it twice.
     #[error(
@@ -223,6 +239,61 @@ fn check(path: &Path, kind: Kind, writable: bool) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             err: e.into(),
         })?;
+    }
+    Ok(())
+}
+
+/// Refuses a home that another user could replace: every directory above it (on the path
+/// as given and on the path it resolves to) must belong to this user or root, and must
+/// not be writable by others unless it is sticky (`/tmp`: others cannot rename your
+/// entries there). Group write is allowed only for this user's own group (user private
+/// groups). Otherwise a user who can rename entries above the home could swap it with one
+/// of theirs between relay's checks and SQLite's opens (the rule OpenSSH applies to
+/// `~/.ssh`). Reads metadata only.
+///
+/// # Errors
+/// [`Error::UnsafeAncestor`] naming the directory; [`StoreError::Io`] when one cannot be
+/// inspected.
+pub(crate) fn safe_ancestors(home: &Path) -> Result<(), StoreError> {
+    let given = std::path::absolute(home).map_err(|e| io("cannot resolve", home, e))?;
+    let resolved = std::fs::canonicalize(home).ok();
+    let egid = rustix::process::getegid().as_raw();
+    for path in std::iter::once(given).chain(resolved) {
+        for dir in path.ancestors().skip(1) {
+            let m = std::fs::symlink_metadata(dir).map_err(|e| io("cannot inspect", dir, e))?;
+            let mode = m.mode() & 0o7777;
+            let sticky = mode & 0o1000 != 0;
+            let unsafe_because = if m.uid() != euid() && m.uid() != 0 {
+                Some(format!("owned by {}", user(m.uid())))
+            } else if m.file_type().is_symlink() {
+                // A link's own mode means nothing; its parent is checked in turn.
+                None
+            } else if mode & 0o002 != 0 && !sticky {
+                Some(format!(
+                    "writable by every user (mode {mode:o}) and not sticky"
+                ))
+            } else if mode & 0o020 != 0 && !sticky && m.gid() != egid {
+                Some(format!(
+                    "writable by group {} (mode {mode:o}) and not sticky",
+                    m.gid()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = unsafe_because {
+                return Err(Error::UnsafeAncestor {
+                    home: home.to_path_buf(),
+                    ancestor: dir.display().to_string(),
+                    fix: if m.uid() != euid() && m.uid() != 0 {
+                        "use a home outside it".to_string()
+                    } else {
+                        format!("chmod +t {} (or chmod go-w)", dir.display())
+                    },
+                    why,
+                }
+                .into());
+            }
+        }
     }
     Ok(())
 }

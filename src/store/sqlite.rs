@@ -69,6 +69,7 @@ impl SqliteStore {
     /// [`Error::Sqlite`] otherwise.
     pub fn open(config: &Config) -> Result<SqliteStore> {
         create_private_dir(&config.home)?;
+        super::home::safe_ancestors(&config.home)?;
         let path = config.db_path();
         Self::create_private_file(&path)?;
         super::home::private_file(&path, true)?;
@@ -106,6 +107,7 @@ impl SqliteStore {
             return Ok(None);
         }
         super::home::existing_dir(&config.home)?;
+        super::home::safe_ancestors(&config.home)?;
         super::home::private_file(&path, false)?;
         schema::check_header(&path)?;
         let mut conn = Connection::open_with_flags(

@@ -39,6 +39,8 @@ pub struct Listener {
     /// The endpoint lock (`<id>.lock`), released when this closes, after `Drop` removed
     /// the socket file.
     _lock: File,
+    /// The endpoint's lock in its store's home, when taken ([`Listener::bind_locked`]).
+    _store_lock: Option<File>,
 }
 
 impl std::os::fd::AsFd for Listener {
@@ -58,6 +60,29 @@ impl Listener {
     /// something outside the lock listens on the socket; [`Error::NotASocket`] when
     /// something else is at the path; [`Error::Bind`] naming the path; file errors.
     pub fn bind(path: &Path) -> Result<Listener, Error> {
+        Self::bind_locked(path, None)
+    }
+
+    /// [`Listener::bind`] that first takes a second endpoint lock, `store_lock`, which
+    /// does not depend on the runtime dir: the runtime dir comes from the environment
+    /// (`RELAY_RUNTIME_DIR`, `XDG_RUNTIME_DIR`), so two shells could otherwise run two
+    /// listeners for one endpoint in two runtime dirs. `relay listen` passes
+    /// [`super::endpoint_lock`] of its home. Its directory is made private like the
+    /// socket's.
+    ///
+    /// # Errors
+    /// As [`Listener::bind`]; [`Error::Locked`] naming `store_lock` when another listener
+    /// of this endpoint runs anywhere.
+    pub fn bind_locked(path: &Path, store_lock: Option<&Path>) -> Result<Listener, Error> {
+        let held = match store_lock {
+            Some(l) => {
+                if let Some(dir) = l.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    private_dir(dir)?;
+                }
+                Some(lock_endpoint(l)?)
+            }
+            None => None,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir)?;
         }
@@ -119,6 +144,7 @@ impl Listener {
             open: Arc::new(AtomicUsize::new(0)),
             max_connections: MAX_CONNECTIONS,
             _lock: lock,
+            _store_lock: held,
         })
     }
 

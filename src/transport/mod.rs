@@ -32,6 +32,12 @@ pub fn runtime_dir(relay_home: &Path) -> PathBuf {
     relay_home.join("run")
 }
 
+/// `$RELAY_HOME/locks/<endpoint id>.lock`: the lock one live listener of an endpoint holds
+/// for its lifetime, wherever its socket is ([`Listener::bind_locked`]).
+pub fn endpoint_lock(relay_home: &Path, endpoint_id: &str) -> PathBuf {
+    relay_home.join("locks").join(format!("{endpoint_id}.lock"))
+}
+
 /// `<runtime dir>/<endpoint id>.sock`. Endpoint ids are plain file names
 /// (`store::names::check_id`).
 pub fn socket_path(runtime: &Path, endpoint_id: &str) -> PathBuf {

@@ -418,3 +418,75 @@ fn concurrent_binds_of_one_endpoint_have_exactly_one_winner() {
         "rounds without exactly one winner (round, winners, errors): {bad:#?}"
     );
 }
+
+/// Review of issue 9 (another uid): the home was checked by path, then opened by path, and
+/// the directories above it were never checked, so a user who could rename entries above
+/// it swapped the home for one of theirs between check and open (26 of 300 bodies read, the
+/// victim's database corrupted). A home under a directory others can write and that is not
+/// sticky is refused before anything is stored; under a sticky one (`/tmp`) it works.
+#[test]
+fn a_home_under_a_directory_others_can_rename_in_is_refused() {
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let home = shared.join("home");
+    let run = |home: &std::path::Path| {
+        let mut c = std::process::Command::new(relay_bin());
+        c.args(["register", "victim", "--json"])
+            .env("RELAY_HOME", home)
+            .env("RELAY_LOG", "warn");
+        crate::common::run(c, None, DEADLINE)
+    };
+    let r = run(&home);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("unsafe-home"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&shared.display().to_string()),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !home.join("relay.db").exists(),
+        "nothing stored under an unsafe parent"
+    );
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = run(&shared.join("home2"));
+    assert_eq!(r.code, 0, "a sticky parent is safe: {}", r.stdout);
+}
+
+/// Review of issue 9 (item 9 across runtime dirs): the endpoint lock lived in the runtime
+/// dir, which comes from the environment, so `relay listen --as e` under two different
+/// RELAY_RUNTIME_DIRs ran twice (three at once, each overwriting the pid). The lock in the
+/// home decides: the second fails at once, naming the lock.
+#[test]
+fn one_listener_per_endpoint_whatever_the_runtime_dir() {
+    let h = Home::new();
+    let e = h.register("e");
+    let (ra, rb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = h
+        .cmd(&["listen", "--as", "e"])
+        .env("RELAY_RUNTIME_DIR", ra.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = ra.path().join(format!("{e}.sock"));
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < end, "the first listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = h.cmd(&["listen", "--as", "e"]);
+    c.env("RELAY_RUNTIME_DIR", rb.path());
+    let second = crate::common::run(c, None, DEADLINE);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(second.code, 1, "a second listener ran: {}", second.stderr);
+    assert!(second.stderr.contains("locks"), "{}", second.stderr);
+    assert!(
+        !rb.path().join(format!("{e}.sock")).exists(),
+        "the second listener bound its socket"
+    );
+}
