@@ -26,12 +26,13 @@ pub enum Error {
     /// A SQLite database that is not relay's: schema version 0, yet it has tables (or
     /// other objects) of its own. It was not modified.
     #[error(
-        "{path} is a SQLite database but not relay's (user_version 0, and it already has {objects}); it was left untouched. Move it away or point RELAY_HOME elsewhere"
+        "{path} is a SQLite database but not relay's (not marked as relay's, and it already has {objects}); it was left untouched. Move it away or point RELAY_HOME elsewhere"
     )]
     ForeignDatabase {
         /// The file that was refused.
         path: PathBuf,
-        /// What it holds, e.g. `table notes, index notes_by_time`.
+        /// What it holds, e.g. `table notes, index notes_by_time` (names escaped: they are
+        /// someone else's text and end up on a terminal).
         objects: String,
     },
     /// The data directory or a file in it is another user's, writable by others, or not

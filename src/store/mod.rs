@@ -30,7 +30,7 @@ mod types;
 use std::time::Duration;
 
 pub use error::Error;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 pub use types::*;
 

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::Error;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: endpoints and messages.
@@ -65,7 +65,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX bindings_endpoint ON bindings (endpoint_id);
     "#,
+    // 2 -> 3: mark the file as relay's (`application_id`), so a foreign SQLite database at
+    // any user_version is told apart before anything is written to it.
+    "PRAGMA application_id = 1380729177;",
 ];
+
+/// `PRAGMA application_id` of relay's database: "RLAY" as a big-endian u32.
+pub const APPLICATION_ID: i64 = 0x524C_4159;
+const _: () = assert!(APPLICATION_ID == 1_380_729_177);
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -112,30 +119,52 @@ const OBJECTS_NAMED: usize = 5;
 /// transaction that creates its tables, so objects at version 0 are someone else's.
 /// Reads only.
 pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
-    // The version and whether any object exists are read by one statement, so from one
-    // snapshot: read apart, another process's first migration (tables and version 1 in one
-    // commit) could fall between them and make a fresh relay database look foreign.
-    let (found, any): (i64, bool) = conn.query_row(
+    // The version, the application id and what tables exist are read by one statement,
+    // so from one snapshot: read apart, another process's first migration (tables and
+    // version 1 in one commit) could fall between them and make a fresh relay database
+    // look foreign.
+    let (found, app, any, ours): (i64, i64, bool, i64) = conn.query_row(
         "SELECT (SELECT user_version FROM pragma_user_version), \
-                EXISTS (SELECT 1 FROM sqlite_master)",
+                (SELECT application_id FROM pragma_application_id), \
+                EXISTS (SELECT 1 FROM sqlite_master), \
+                (SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+                   AND name IN ('endpoints', 'messages'))",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    if found == 0 && any {
+    // Relay's: marked with its application id, or (written before version 3 set it) at a
+    // version of relay's with relay's tables. Anything else with objects is someone
+    // else's, at whatever user_version.
+    if found < 0 {
+        // relay never writes a negative version: this is someone else's database.
+        return Err(Error::NotADatabase {
+            path: path.to_path_buf(),
+        });
+    }
+    let foreign = if app == APPLICATION_ID {
+        false
+    } else if found == 0 {
+        any
+    } else {
+        app != 0 || ours < 2
+    };
+    if foreign {
         let objects: Vec<String> = conn
             .prepare("SELECT type || ' ' || name FROM sqlite_master ORDER BY rowid")?
-            .query_map([], |r| r.get(0))?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .map(|o| o.map(|o| o.escape_debug().to_string()))
             .collect::<Result<_, _>>()?;
-        if !objects.is_empty() {
-            let mut named = objects[..objects.len().min(OBJECTS_NAMED)].join(", ");
-            if objects.len() > OBJECTS_NAMED {
-                named.push_str(&format!(" and {} more", objects.len() - OBJECTS_NAMED));
-            }
-            return Err(Error::ForeignDatabase {
-                path: path.to_path_buf(),
-                objects: named,
-            });
+        let mut named = objects[..objects.len().min(OBJECTS_NAMED)].join(", ");
+        if objects.is_empty() {
+            named = format!("user_version {found} but no tables");
         }
+        if objects.len() > OBJECTS_NAMED {
+            named.push_str(&format!(" and {} more", objects.len() - OBJECTS_NAMED));
+        }
+        return Err(Error::ForeignDatabase {
+            path: path.to_path_buf(),
+            objects: named,
+        });
     }
     if found < 0 {
         // relay never writes a negative version: this is someone else's database.

@@ -588,3 +588,48 @@ fn sixteen_processes_opening_a_fresh_home_never_call_it_foreign() {
         }
     }
 }
+
+/// Review of issue 9 (item 10 beyond version 0): a foreign SQLite file at user_version 1
+/// or 2 was taken for relay's and migrated (relay added `bindings` and bumped the version,
+/// then failed on a missing table). relay's file is marked with its application id now;
+/// anything unmarked without relay's tables is refused untouched at any version, and an
+/// older relay database (unmarked, with relay's tables) still opens.
+#[test]
+fn a_foreign_sqlite_database_at_any_user_version_is_refused_untouched() {
+    for version in [1, 2, 7] {
+        let h = Home::new();
+        std::fs::create_dir(h.path()).unwrap();
+        chmod(&h.path(), 0o700);
+        {
+            let c = rusqlite::Connection::open(h.db()).unwrap();
+            c.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);")
+                .unwrap();
+            c.pragma_update(None, "user_version", version).unwrap();
+        }
+        chmod(&h.db(), 0o600);
+        let before = bytes(&h.db());
+        let r = h.run(&["register", "a", "--json"]);
+        assert_eq!(r.code, 1, "user_version {version}: {}", r.stdout);
+        assert_eq!(r.doc()["error"]["kind"], "foreign-database", "{version}");
+        assert_eq!(
+            bytes(&h.db()),
+            before,
+            "user_version {version}: the file changed"
+        );
+    }
+    // An older relay database: relay's tables, user_version 2, no application id.
+    let h = Home::new();
+    h.register("old");
+    {
+        let c = rusqlite::Connection::open(h.db()).unwrap();
+        c.pragma_update(None, "application_id", 0).unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let d = h.json(&["roster"]);
+    assert_eq!(d["endpoints"][0]["name"], "old");
+    let c = rusqlite::Connection::open(h.db()).unwrap();
+    let app: i64 = c
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(app, relay::store::APPLICATION_ID, "marked on migration");
+}
