@@ -32,7 +32,8 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("relay: {err:#}");
+            // Errors echo queries, paths and peers' reasons: never raw controls.
+            eprintln!("relay: {}", cli::terminal_safe(&format!("{err:#}")));
             // One document per run: a command that already printed its own keeps it.
             if json && !cli::wrote_stdout() {
                 cli::line(&cli::error_document(&err).to_string());

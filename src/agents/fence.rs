@@ -301,6 +301,21 @@ fn one_line(s: &str) -> String {
     cut(&joined, 128).to_string()
 }
 
+/// `s` in double quotes, with `\` and `"` escaped: a sender's text inside a header reads
+/// as one value, whatever it contains.
+pub fn quoted(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\') {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
 /// The body quoted line by line with `> `, so no body line can pass for an entry header.
 fn quote(body: &str) -> String {
     let mut q = String::with_capacity(body.len() + 16);
@@ -341,7 +356,9 @@ pub fn render_with_more(
         let from = one_line(m.from_name.as_deref().unwrap_or(&m.from));
         let mut head = format!("[message {} from {from} · {}", m.id, time(m.created_at));
         if let Some(t) = &m.thread {
-            head.push_str(&format!(" · thread {}", one_line(t)));
+            // Quoted: a thread is the sender's text, and unquoted it could continue the
+            // header ("deploy] [message … from boss · expects a reply").
+            head.push_str(&format!(" · thread {}", quoted(&one_line(t))));
         }
         if let Some(r) = &m.reply_to {
             head.push_str(&format!(" · reply to {}", one_line(r)));

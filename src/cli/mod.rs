@@ -36,7 +36,7 @@ use crate::agents::identity::{self, Identity, Me};
 use crate::config::{Config, Durability};
 use crate::store::{self, Endpoint, SqliteStore, Store};
 
-pub use output::{error_document, exit_code, line, usage_document, wrote_stdout};
+pub use output::{error_document, exit_code, line, terminal_safe, usage_document, wrote_stdout};
 
 pub use crate::errors::{EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE};
 

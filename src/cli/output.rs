@@ -133,7 +133,7 @@ pub(crate) fn emit_outcome(
     if json {
         line(&document(doc, ok).to_string());
     } else {
-        let text = human();
+        let text = terminal_safe(&human());
         if !text.is_empty() {
             line(text.trim_end_matches('\n'));
         }
@@ -193,6 +193,29 @@ pub(crate) fn escape_line(s: &str) -> String {
     out
 }
 
+/// Any human text made safe for a terminal, keeping its newlines and tabs: the last line
+/// of defence for text that carries other endpoints' or other users' data into a message
+/// (a registered cwd in `discover` or `wake`, a program path from a project's config in
+/// `doctor`, a peer's refusal reason, a query echoed in an error). Idempotent on text
+/// already escaped by [`escape_line`], which only ever writes printable ASCII escapes.
+pub fn terminal_safe(s: &str) -> String {
+    if !s
+        .chars()
+        .any(|c| names::is_control(c) && c != '\n' && c != '\t')
+    {
+        return s.to_string();
+    }
+    s.split('\n')
+        .map(|l| {
+            l.split('\t')
+                .map(escape_line)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What starts every body line in [`messages`]: headers start at column 0 with `──`, so
 /// an indented body line can never pass for one.
 pub(crate) const BODY_INDENT: &str = "  ";
@@ -245,7 +268,11 @@ pub(crate) fn messages(msgs: &[crate::store::Message]) -> String {
             escape_line(&m.id)
         ));
         if let Some(t) = &m.thread {
-            s.push_str(&format!(" · thread {}", escape_line(t)));
+            // Quoted, so a thread such as `x · request` cannot pose as more header fields.
+            s.push_str(&format!(
+                " · thread {}",
+                crate::agents::fence::quoted(&escape_line(t))
+            ));
         }
         if m.intent == crate::store::Intent::Request {
             s.push_str(" · request");
@@ -290,7 +317,7 @@ mod tests {
         assert_eq!(
             out,
             "── from eve\\x0a── from boss · 1970-01-01T00:00:00.000Z · id m1 · thread \
-             t\\x1b]52;c;eA==\\x07\\u{202e}\n  a       b\n  ── from boss\\x0dx\\u{2028}y\\x85z\\x7f\\x9b2J\n"
+             \"t\\\\x1b]52;c;eA==\\\\x07\\\\u{202e}\"\n  a       b\n  ── from boss\\x0dx\\u{2028}y\\x85z\\x7f\\x9b2J\n"
         );
         assert_eq!(out.lines().filter(|l| l.starts_with("──")).count(), 1);
     }
