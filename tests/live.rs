@@ -503,8 +503,10 @@ fn stream_send_to_an_unknown_or_idle_endpoint_says_what_is_wrong() {
     ]);
     assert_eq!(r.code, 3, "{}", r.stdout);
     assert_eq!(r.doc()["error"]["kind"], "unknown-target");
+    // Not live is not a usage mistake: nothing could be handed over (review of issue 9).
     let r = h.run(&["stream", "send", "b", "--as", "a", "--json", "/dev/null"]);
-    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    assert_eq!(r.doc()["error"]["kind"], "not-deliverable");
     let msg = r.doc()["error"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("relay stream recv --as b"), "{msg}");
 }

@@ -10,7 +10,7 @@ use crate::store::{AckOutcome, AckResult, Store};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Message ids or unique id prefixes (at least 4 characters).
-    #[arg(required = true)]
+    #[arg(required = true, value_parser = super::parse_message_id)]
     pub ids: Vec<String>,
 }
 

@@ -306,3 +306,21 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 pub(crate) use crate::errors::classify;
+
+/// A message id or id prefix argument: not empty, at least 4 characters unless it is
+/// a whole id (a usage error, exit 2, instead of a search that cannot match).
+pub(crate) fn parse_message_id(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(
+            "an empty id: give a message id or a unique prefix of at least 4 characters".into(),
+        );
+    }
+    if t.len() < crate::store::MIN_PREFIX {
+        return Err(format!(
+            "'{t}' is too short: give a message id or a unique prefix of at least {} characters",
+            crate::store::MIN_PREFIX
+        ));
+    }
+    Ok(t.to_string())
+}

@@ -7,6 +7,7 @@ use crate::store::Store;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Message id or unique id prefix (at least 4 characters).
+    #[arg(value_parser = super::parse_message_id)]
     pub id: String,
 }
 

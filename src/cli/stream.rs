@@ -151,13 +151,21 @@ fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<u8> {
     };
     let path = transport::socket_path(&transport::runtime_dir(&ctx.config.home), &target.id);
     // Another user's socket is refused (SO_PEERCRED) before a byte is sent.
-    let stream = transport::client::connect(&path).map_err(|e| match e {
-        transport::Error::Io(e) => UsageError(format!(
-            "{} is not live ({e}); start `relay stream recv --as {}` first",
-            target.display_name(),
-            target.display_name()
-        )),
-        other => UsageError(other.to_string()),
+    // Not live, or served by another user: nothing can be handed over (exit 3, like a
+    // rejected send), not a mistake in the arguments.
+    let stream = transport::client::connect(&path).map_err(|e| {
+        let detail = match e {
+            transport::Error::Io(e) => format!(
+                "{} is not live ({e}); start `relay stream recv --as {}` first",
+                target.display_name(),
+                target.display_name()
+            ),
+            other => other.to_string(),
+        };
+        crate::route::Error::Rejected {
+            reason: crate::route::Reason::NotDeliverable,
+            detail,
+        }
     })?;
     let mut conn = Connection::new(stream);
     let mut local = Local::new(me.id.clone());

@@ -345,11 +345,19 @@ impl Connection {
             )
             .into();
         }
+        let arrived = self.buf.len().saturating_sub(self.pos);
+        if arrived < crate::wire::HEADER_LEN {
+            return Error::Protocol(format!(
+                "a frame header ({arrived} of {} bytes) did not arrive within {} of its \
+                 first byte; closed",
+                crate::wire::HEADER_LEN,
+                humantime::format_duration(self.frame_deadline())
+            ));
+        }
         Error::Protocol(format!(
             "a frame of {total} bytes did not arrive whole within {} of its first byte \
-             ({} arrived); closed",
+             ({arrived} arrived); closed",
             humantime::format_duration(self.frame_deadline()),
-            self.buf.len()
         ))
     }
 

@@ -229,6 +229,18 @@ pub fn check_peer(uid: u32, own: u32) -> Result<(), Error> {
 /// # Errors
 /// [`Error::UnsafeDir`] naming the path, its owner and mode; creation errors.
 pub fn private_dir(dir: &Path) -> Result<(), Error> {
+    if let Ok(m) = std::fs::metadata(dir)
+        && !m.is_dir()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!(
+                "{} is not a directory; point RELAY_RUNTIME_DIR at a directory of yours",
+                dir.display()
+            ),
+        )
+        .into());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

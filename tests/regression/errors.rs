@@ -633,3 +633,28 @@ fn a_foreign_sqlite_database_at_any_user_version_is_refused_untouched() {
         .unwrap();
     assert_eq!(app, relay::store::APPLICATION_ID, "marked on migration");
 }
+
+/// Review of issue 9: `status ''` and `ack ''` searched for an empty id (exit 3, "no
+/// message has an id starting with ''"); `RELAY_RUNTIME_DIR` naming a file said "File
+/// exists". Both are now clear errors that say what would be right.
+#[test]
+fn empty_ids_and_a_runtime_dir_that_is_a_file_are_clear_errors() {
+    let h = Home::new();
+    h.register("a");
+    for args in [
+        &["status", ""][..],
+        &["ack", "--as", "a", ""],
+        &["status", "ab"],
+    ] {
+        let r = h.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("at least 4 characters"), "{}", r.stderr);
+    }
+    let file = h.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let mut c = h.cmd(&["listen", "--as", "a"]);
+    c.env("RELAY_RUNTIME_DIR", &file);
+    let r = run(c, None, DEADLINE);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a directory"), "{}", r.stderr);
+}
