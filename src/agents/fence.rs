@@ -128,8 +128,8 @@ fn lit(s: &str) -> String {
 
 /// Matches, on folded text ([`fold_str`]), anything that could be read as a `relay-mail`
 /// tag opener: `<` (or a look-alike, see [`OPENERS`]) or an entity or escape for it,
-/// optional whitespace, slashes or backslashes (or entities for `/`), then `relay`, up to
-/// three separators, `mail`.
+/// optional whitespace, slashes or backslashes (or entities for `/`), then `relay`, any
+/// run of separators (no letter or digit: `relay‐ ‐-mail` still reads as the tag), `mail`.
 static TAG_LIKE: LazyLock<Regex> = LazyLock::new(|| {
     let zeros = format!("(?:{})*", lit("0"));
     let semi = format!("(?:{})?", lit(";"));
@@ -155,7 +155,7 @@ static TAG_LIKE: LazyLock<Regex> = LazyLock::new(|| {
     ]
     .join("|");
     Regex::new(&format!(
-        r"(?i)(?:{opener})(?:{slash})*{}[^a-z0-9]{{0,3}}{}",
+        r"(?i)(?:{opener})(?:{slash})*{}[^a-z0-9]*{}",
         lit("relay"),
         lit("mail")
     ))
