@@ -25,12 +25,21 @@ use crate::config::Config;
 /// When the transport fails to start or the initialize handshake fails.
 pub async fn serve_stdio(config: Config, as_: Option<String>) -> anyhow::Result<()> {
     let server = RelayServer::new(config, as_);
-    let transport = Stdio::new(
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-        server.after_write(),
-    );
+    let after = server.after_write();
+    let transport = Stdio::new(tokio::io::stdin(), tokio::io::stdout(), after.clone());
+    // Agents end their MCP servers with SIGTERM (Claude Code does, right after a
+    // `claude -p` run's last tool call), often before stdin's end is read: settle the mail
+    // of written responses then too, or it would stay unacked though the client had it.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let running = server.serve(transport).await?;
-    running.waiting().await?;
-    Ok(())
+    let ended = tokio::select! {
+        ended = running.waiting() => ended.map(drop).map_err(anyhow::Error::from),
+        _ = term.recv() => Ok(()),
+        _ = hup.recv() => Ok(()),
+    };
+    // However the session ended, no cancel can come now: settle what is left.
+    after.finish();
+    ended
 }

@@ -35,8 +35,12 @@ const PENDING_TTL: Duration = Duration::from_secs(600);
 /// How long after its response was written the mail of a request is still given back if
 /// the client cancels the request: MCP clients ignore a response that arrives after they
 /// sent `notifications/cancelled` (Claude Code drops it on Esc), so a cancel crossing the
-/// response means the mail was never shown. 2 s covers a cancel in flight on a local pipe.
-pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// response means the mail was never shown. 250 ms covers a cancel in flight on a local
+/// pipe and a busy client's event loop. It is kept short on purpose: agents end their MCP
+/// servers abruptly (real `claude -p` 2.1.197 kills relay mcp right after its last turn,
+/// with no end of stdin first), and mail whose grace had not run out then stays unacked and
+/// is shown again in the next session. End of stdin and SIGTERM settle at once.
+pub const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a cancelled request id is remembered, for work that registers after its
 /// cancel arrived.
@@ -153,6 +157,20 @@ impl AfterWrite {
             Ok(rt) => drop(rt.spawn(ack)),
             Err(_) => tracing::warn!("no runtime to ack after the grace period"),
         }
+    }
+
+    /// The client closed its end: it can send no cancel any more, so mail whose response
+    /// was written is acked now rather than at the end of its grace period (`claude -p`
+    /// ends the server right after its last tool call, and a grace timer would die with
+    /// it, leaving mail shown but unacked); mail whose response never went out is
+    /// released. Runs the store work here, synchronously: the runtime is shutting down.
+    pub fn finish(&self) {
+        let mut l = self.lock();
+        let written: Vec<Pending> = l.written.drain().map(|(_, p)| p).collect();
+        let waiting: Vec<Pending> = l.waiting.drain().map(|(_, p)| p).collect();
+        drop(l);
+        written.into_iter().for_each(|p| (p.settle)(true));
+        waiting.into_iter().for_each(|p| (p.settle)(false));
     }
 
     /// The request failed (an error response) or was cancelled: its mail is released.
@@ -415,7 +433,10 @@ where
                     );
                     continue;
                 }
-                Ok(LineRead::Eof) => return None,
+                Ok(LineRead::Eof) => {
+                    self.after.finish();
+                    return None;
+                }
                 Err(e) => {
                     tracing::error!("reading MCP requests: {e}");
                     return None;

@@ -979,3 +979,46 @@ fn a_live_listener_shows_the_stored_message_not_the_frame() {
     assert_eq!(v["body"], "the stored body");
     kill9(&mut listener);
 }
+
+/// Found with the real Claude Code CLI (2.1.197, `claude -p` against a stand-in model):
+/// a client that ends the session right after a tool call left the mail it was shown
+/// unacked (the grace timer died with the server), so the next session showed it again.
+/// Once the client closes stdin it can cancel nothing: mail whose response was written is
+/// acked before the server exits.
+#[test]
+fn mail_shown_just_before_the_client_hangs_up_is_acked() {
+    let h = Home::new();
+    h.register("alice");
+    h.register("bob");
+    let sent = h.json(&["send", "bob", "--as", "alice", "last words"]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    let mut m = Mcp::start(&h, Some("bob"));
+    m.call(2, "inbox", json!({}));
+    assert_eq!(m.result(2)["messages"][0]["id"], json!(id));
+    // Hang up at once, well inside the cancel grace.
+    let stdin = std::mem::replace(&mut m.stdin, {
+        let mut c = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+        let s = c.stdin.take().unwrap();
+        let _ = c.wait();
+        s
+    });
+    drop(stdin);
+    let status = wait_with_deadline_status(&mut m.child);
+    assert!(status.success(), "relay mcp ended with {status}");
+    assert_eq!(state(&h, &id), "acked", "shown, then the client hung up");
+}
+
+/// Waits (bounded) for `child` to exit.
+fn wait_with_deadline_status(child: &mut Child) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "relay mcp did not exit at end of input"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
