@@ -8,9 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Home;
+use common::{Home, wait_for};
 use serde_json::Value;
 
 struct Listening {
@@ -20,17 +20,6 @@ struct Listening {
 
 fn runtime(h: &Home) -> PathBuf {
     h.path().join("run")
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn listen(h: &Home, me: &str, id: &str) -> Listening {

@@ -52,11 +52,17 @@ pub fn wait_drained(max: Option<Duration>) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     use rustix::fs::FileType;
     let out = std::io::stdout();
-    let Ok(stat) = rustix::fs::fstat(&out) else {
-        return true;
-    };
-    let kind = FileType::from_raw_mode(stat.st_mode);
-    if kind != FileType::Fifo && kind != FileType::Socket {
+    // What stdout is does not change while relay runs: look once, not per message.
+    static PIPE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let pipe = *PIPE.get_or_init(|| {
+        rustix::fs::fstat(std::io::stdout()).is_ok_and(|st| {
+            matches!(
+                FileType::from_raw_mode(st.st_mode),
+                FileType::Fifo | FileType::Socket
+            )
+        })
+    });
+    if !pipe {
         return true;
     }
     let deadline = max.map(|m| std::time::Instant::now() + m);

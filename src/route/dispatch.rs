@@ -123,7 +123,7 @@ pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, 
     let mut out = Vec::with_capacity(plans.len());
     for (p, receipt) in plans.into_iter().zip(receipts) {
         out.push(match p.decision {
-            Decision::Live => carry_live(store, &p, receipt, out.len(), &mut probes, &mut conns)?,
+            Decision::Live => carry_live(store, &p, receipt, out.len(), &mut probes, &mut conns),
             route => Carried {
                 sent: Sent {
                     route,
@@ -205,7 +205,7 @@ fn carry_live(
     index: usize,
     probes: &mut Probes,
     conns: &mut HashMap<PathBuf, LiveConn>,
-) -> Result<Carried, Error> {
+) -> Carried {
     use crate::transport::Local;
     use crate::wire::catalogue::Deliver;
     let is_request = p.msg.intent == Intent::Request;
@@ -221,7 +221,7 @@ fn carry_live(
         created_at: receipt.created_at,
     };
     let Some(path) = p.socket.clone() else {
-        return Ok(settled(store, p, receipt, false, is_request));
+        return settled(store, p, receipt, false, is_request);
     };
     let ack = match conns.remove(&path) {
         Some(LiveConn::Failed) => None,
@@ -269,14 +269,14 @@ fn carry_live(
         }
     };
     match ack {
-        Some(ack) if ack.accepted => Ok(settled(store, p, receipt, true, is_request)),
+        Some(ack) if ack.accepted => settled(store, p, receipt, true, is_request),
         Some(ack) => {
             tracing::warn!(reason = ?ack.reason, "live endpoint refused the message; it stays in the mailbox");
-            Ok(settled(store, p, receipt, false, is_request))
+            settled(store, p, receipt, false, is_request)
         }
         None => {
             conns.insert(path, LiveConn::Failed);
-            Ok(settled(store, p, receipt, false, is_request))
+            settled(store, p, receipt, false, is_request)
         }
     }
 }

@@ -76,6 +76,25 @@ impl Home {
     }
 }
 
+/// Waits (bounded by `deadline`) for `ready`, looking every 5 ms; panics naming `what`
+/// when the deadline passes. For events with no notification (a file appearing, a state
+/// in the database), never to "let things settle".
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + deadline;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < end,
+            "{what} did not happen within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`wait_until`] with a 30 s deadline.
+pub fn wait_for(what: &str, ready: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(30), ready)
+}
+
 /// The relay binary under test: `RELAY_TEST_BIN` if set, else this build's.
 pub fn relay_bin() -> PathBuf {
     std::env::var_os("RELAY_TEST_BIN")

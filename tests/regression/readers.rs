@@ -13,15 +13,6 @@ use serde_json::{Value, json};
 use crate::common::mcp::Mcp;
 use crate::common::*;
 
-/// Waits (bounded) for `ready`; panics naming `what` at the deadline.
-fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !ready() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `SELECT count(*) FROM messages WHERE <cond>`, read-only, straight from the file.
 fn count(h: &Home, cond: &str) -> i64 {
     let conn =

@@ -15,18 +15,6 @@ use relay::wire::{CATALOGUE_HASH, Msg, VERSION};
 
 // ---- helpers -------------------------------------------------------------------------------
 
-/// Waits (bounded, 30 s) until `ready` holds; panics naming `what` otherwise.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// A field of `/proc/<pid>/status` (`Threads`, `VmRSS`, `VmHWM` …) as its number (kB for
 /// the memory fields).
 fn status_field(pid: u32, field: &str) -> u64 {
@@ -63,7 +51,7 @@ fn serve(h: &Home, args: &[&str], id: &str, stdout: Stdio) -> (Bg, PathBuf) {
         .stderr(Stdio::piped());
     let child = Bg(Some(c.spawn().unwrap()));
     let sock = h.path().join("run").join(format!("{id}.sock"));
-    wait_until("the socket", || UnixStream::connect(&sock).is_ok());
+    wait_for("the socket", || UnixStream::connect(&sock).is_ok());
     (child, sock)
 }
 

@@ -17,18 +17,6 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Waits (bounded, 30 s) until `ready` holds; panics naming `what` otherwise.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Waits at most `within` for `child` to exit; `None` when it is still running.
 fn exited_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
@@ -220,7 +208,7 @@ fn listen_never_rewrites_an_existing_runtime_dir_and_refuses_an_unsafe_one() {
     std::fs::create_dir(&ours).unwrap();
     std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut l = listen_in(&h, "b", &ours);
-    wait_until("the listener's socket", || {
+    wait_for("the listener's socket", || {
         std::fs::read_dir(&ours).is_ok_and(|mut d| {
             d.any(|e| {
                 e.is_ok_and(|e| {
@@ -240,7 +228,7 @@ fn listen_never_rewrites_an_existing_runtime_dir_and_refuses_an_unsafe_one() {
     // Missing directories are created 0700.
     let fresh = base.path().join("new/run");
     let mut l = listen_in(&h, "b", &fresh);
-    wait_until("the listener's socket in a new dir", || {
+    wait_for("the listener's socket in a new dir", || {
         std::fs::read_dir(&fresh).is_ok_and(|mut d| d.next().is_some())
     });
     let created = mode(&fresh);
@@ -303,7 +291,7 @@ fn two_listeners_started_together_exactly_one_runs() {
         let _ = std::fs::remove_file(&sock);
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         let mut kids = [listen_in(&h, "b", &runtime), listen_in(&h, "b", &runtime)];
-        wait_until("a listener's socket", || answers(&sock));
+        wait_for("a listener's socket", || answers(&sock));
         // The loser must go at once; give it a bounded while.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut exited = Vec::new();
@@ -332,7 +320,7 @@ fn two_listeners_started_together_exactly_one_runs() {
                         .find(|e| e["name"] == "b")
                         .and_then(|e| e["pid"].as_u64())
                 };
-                wait_until("the runner's registration", || registered().is_some());
+                wait_for("the runner's registration", || registered().is_some());
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while registered() != Some(u64::from(winner)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
