@@ -367,8 +367,21 @@ fn edit_hooks(
     let hooks = object_at(root, "hooks", path)?;
     for event in Event::ALL {
         let name = event.hook_event_name();
-        let wanted = hook_command(&env.exe, agent, event);
-        let groups = hooks.entry(name.to_string()).or_insert_with(|| json!([]));
+        let install = action == Action::Install && Event::installed(agent).contains(&event);
+        let mut entry = Map::new();
+        entry.insert("type".into(), json!("command"));
+        entry.insert(
+            "command".into(),
+            json!(hook_command(&env.exe, agent, event)),
+        );
+        entry.extend(event.entry_options());
+        let wanted = json!({"hooks": [Value::Object(entry)]});
+        let Some(groups) = hooks.get_mut(name) else {
+            if install {
+                hooks.insert(name.to_string(), json!([wanted]));
+            }
+            continue;
+        };
         let Some(list) = groups.as_array_mut() else {
             return Err(Error::Shape {
                 path: path.to_path_buf(),
@@ -382,11 +395,11 @@ fn edit_hooks(
                 _ => None,
             }
         };
-        let keep_at = match action {
-            Action::Install => list
-                .iter()
-                .position(|g| command_of(g).as_deref() == Some(&wanted)),
-            Action::Uninstall => None,
+        // An entry that is already exactly what this binary installs stays where it is.
+        let keep_at = if install {
+            list.iter().position(|g| *g == wanted)
+        } else {
+            None
         };
         let mut i = 0;
         list.retain(|g| {
@@ -395,8 +408,8 @@ fn edit_hooks(
             i += 1;
             keep
         });
-        if action == Action::Install && keep_at.is_none() {
-            list.push(json!({"hooks": [{"type": "command", "command": wanted, "timeout": 30}]}));
+        if install && keep_at.is_none() {
+            list.push(wanted);
         }
         if list.is_empty() {
             hooks.remove(name);

@@ -7,6 +7,7 @@ pub mod discover;
 pub mod fence;
 pub mod hook;
 pub mod identity;
+pub mod idle;
 pub mod install;
 pub mod procfs;
 pub mod wake;

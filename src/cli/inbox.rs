@@ -73,6 +73,7 @@ impl ReadArgs {
                 thread: names::optional(self.thread.clone()),
                 ids: None,
                 reply_to: None,
+                exclude: None,
             },
         })
     }

@@ -112,6 +112,7 @@ pub fn child(
             thread: None,
             ids: None,
             reply_to: None,
+            exclude: None,
         },
     };
     match role {

@@ -516,6 +516,7 @@ impl RelayServer {
                         thread: names::optional(p.thread),
                         ids: None,
                         reply_to: None,
+                        exclude: None,
                     },
                 };
                 Ok(store.wait_or_cancel(me, &req, Duration::from_secs(secs), cancel)?)

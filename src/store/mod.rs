@@ -163,6 +163,21 @@ pub trait Store: Send + Sync {
     /// Backend errors.
     fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>>;
 
+    /// Records that `recipient`'s idle session was woken in place with `ids` (route
+    /// `inject`): sets `injected_at` on those of them delivered to it. Returns how many.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn mark_injected(&self, recipient: &str, ids: &[String]) -> Result<u64>;
+
+    /// The loop guard's counts for a send from `sender` on `thread`: how many agent→agent
+    /// messages the thread holds since its last message from a human endpoint, and how
+    /// many messages `sender` sent after `since_ms` (ms since the epoch).
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn loop_counts(&self, sender: &str, thread: Option<&str>, since_ms: i64) -> Result<LoopCounts>;
+
     /// The receipt of one message, by id or unique id prefix.
     ///
     /// # Errors

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::Error;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: endpoints and messages.
@@ -68,6 +68,13 @@ const MIGRATIONS: &[&str] = &[
     // 2 -> 3: mark the file as relay's (`application_id`), so a foreign SQLite database at
     // any user_version is told apart before anything is written to it.
     "PRAGMA application_id = 1380729177;",
+    // 3 -> 4: when an idle session was woken in place with the message (route `inject`),
+    // and indexes for the loop guard's counts (per thread, per sender per minute).
+    r#"
+    ALTER TABLE messages ADD COLUMN injected_at INTEGER;
+    CREATE INDEX messages_thread ON messages (thread, seq) WHERE thread IS NOT NULL;
+    CREATE INDEX messages_sender ON messages (sender, created_at);
+    "#,
 ];
 
 /// `PRAGMA application_id` of relay's database: "RLAY" as a big-endian u32.

@@ -31,7 +31,7 @@ const ENDPOINT_COLS: &str =
 const MESSAGE_COLS: &str = "seq, id, sender, sender_name, recipient, thread, reply_to, intent, \
      content_type, body, created_at, expires_at, state, deliveries";
 const RECEIPT_COLS: &str = "m.id, m.sender, m.recipient, e.name, m.thread, m.state, m.created_at, \
-     m.delivered_at, m.acked_at, m.deliveries, m.expires_at";
+     m.delivered_at, m.acked_at, m.deliveries, m.expires_at, m.injected_at";
 
 /// SQLite-backed [`Store`]. Safe to share between threads (one connection behind a mutex,
 /// never held while waiting) and between processes (SQLite's locking).
@@ -345,6 +345,7 @@ fn receipt_row(r: &Row<'_>) -> rusqlite::Result<Receipt> {
         acked_at: r.get(8)?,
         deliveries: r.get(9)?,
         expires_at: r.get(10)?,
+        injected_at: r.get(11)?,
     })
 }
 
@@ -556,6 +557,7 @@ impl Store for SqliteStore {
                     acked_at: None,
                     deliveries: 0,
                     expires_at: m.expires_at,
+                    injected_at: None,
                 });
             }
         }
@@ -575,13 +577,14 @@ impl Store for SqliteStore {
 
     fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
         let now = now_ms();
-        // Every statement below binds the same seven parameters; each uses what it needs.
+        // Every statement below binds the same nine parameters; each uses what it needs.
         let pending = "recipient = ?1 AND state IN ('queued', 'delivered') \
              AND (lease_until IS NULL OR lease_until <= ?2) \
              AND (expires_at IS NULL OR expires_at > ?2) AND (?3 IS NULL OR sender = ?3) \
              AND (?4 IS NULL OR thread = ?4) \
              AND (?7 IS NULL OR id IN (SELECT value FROM json_each(?7))) \
-             AND (?8 IS NULL OR reply_to = ?8)";
+             AND (?8 IS NULL OR reply_to = ?8) \
+             AND (?9 IS NULL OR id NOT IN (SELECT value FROM json_each(?9)))";
         let lease_until = match req.mode {
             FetchMode::Deliver { lease } => {
                 now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -593,6 +596,11 @@ impl Store for SqliteStore {
             .ids
             .as_ref()
             .map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
+        let exclude = req
+            .filter
+            .exclude
+            .as_ref()
+            .map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
         let args = params![
             recipient,
             now,
@@ -601,7 +609,8 @@ impl Store for SqliteStore {
             req.limit.max(1) as i64,
             lease_until,
             ids,
-            req.filter.reply_to
+            req.filter.reply_to,
+            exclude
         ];
         let set = match req.mode {
             FetchMode::Peek => {
@@ -737,6 +746,50 @@ impl Store for SqliteStore {
             self.bells.ring(recipient);
         }
         Ok(n)
+    }
+
+    fn mark_injected(&self, recipient: &str, ids: &[String]) -> Result<u64> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET injected_at = ?3 \
+                 WHERE id = ?1 AND recipient = ?2 AND state = 'delivered'",
+            )?;
+            for id in ids {
+                n += stmt.execute(params![id, recipient, now])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn loop_counts(&self, sender: &str, thread: Option<&str>, since_ms: i64) -> Result<LoopCounts> {
+        let conn = self.conn();
+        let agents = "('claude-code', 'codex', 'pi')";
+        let sent_since: i64 = conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE sender = ?1 AND created_at > ?2")?
+            .query_row(params![sender, since_ms], |r| r.get(0))?;
+        let thread_run: i64 = match thread {
+            None => 0,
+            Some(t) => conn
+                .prepare_cached(&format!(
+                    "SELECT count(*) FROM messages m \
+                       JOIN endpoints s ON s.id = m.sender \
+                       JOIN endpoints r ON r.id = m.recipient \
+                     WHERE m.thread = ?1 AND s.kind IN {agents} AND r.kind IN {agents} \
+                       AND m.seq > coalesce((SELECT max(h.seq) FROM messages h \
+                             JOIN endpoints hs ON hs.id = h.sender \
+                           WHERE h.thread = ?1 AND hs.kind = 'human'), 0)"
+                ))?
+                .query_row(params![t], |r| r.get(0))?,
+        };
+        Ok(LoopCounts {
+            thread_run: thread_run.max(0) as u64,
+            sent_since: sent_since.max(0) as u64,
+        })
     }
 
     fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>> {

@@ -34,6 +34,12 @@ impl Kind {
         Kind::Human,
     ];
 
+    /// True for agent sessions (Claude Code, Codex, pi): the loop guard counts their
+    /// exchanges.
+    pub fn is_agent(self) -> bool {
+        matches!(self, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
+    }
+
     /// The stored and printed spelling, e.g. `claude-code`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -336,6 +342,19 @@ pub struct Receipt {
     pub deliveries: u32,
     /// When it expires, ms since the epoch.
     pub expires_at: Option<i64>,
+    /// When an idle agent session was woken in place with it (route `inject`), ms since
+    /// the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected_at: Option<i64>,
+}
+
+/// The loop guard's counts ([`super::Store::loop_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LoopCounts {
+    /// Agent→agent messages on the thread since its last message from a human endpoint.
+    pub thread_run: u64,
+    /// Messages the sender sent in the window asked for.
+    pub sent_since: u64,
 }
 
 /// Which messages a fetch or wait considers.
@@ -349,6 +368,9 @@ pub struct Filter {
     pub ids: Option<Vec<String>>,
     /// Only replies to this message id.
     pub reply_to: Option<String>,
+    /// Never these message ids (exact): a waiter that already presented them waits for
+    /// newer mail.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// A process, told apart from a later process with the same pid by its start time.
