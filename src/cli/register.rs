@@ -31,6 +31,14 @@ pub struct Args {
     /// bad-target instead of leaving the sender waiting. Sets meta replies=false.
     #[arg(long)]
     pub no_replies: bool,
+    /// Loop guard: most agent-to-agent messages this agent session may send on a thread
+    /// without a human message on it (default 12; 0 = off). Sets meta loop_thread.
+    #[arg(long, value_name = "N")]
+    pub loop_thread: Option<u64>,
+    /// Loop guard: most messages this agent session may send per minute (default 30;
+    /// 0 = off). Sets meta loop_per_minute.
+    #[arg(long, value_name = "N")]
+    pub loop_rate: Option<u64>,
     /// Metadata to merge, KEY=VALUE (repeatable). VALUE is parsed as JSON when it can be.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
@@ -51,6 +59,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             crate::route::dispatch::REPLIES_META.into(),
             Value::Bool(false),
         );
+    }
+    if let Some(n) = a.loop_thread {
+        meta.insert(crate::route::dispatch::LOOP_THREAD_META.into(), n.into());
+    }
+    if let Some(n) = a.loop_rate {
+        meta.insert(crate::route::dispatch::LOOP_RATE_META.into(), n.into());
     }
     let store = ctx.store()?;
     let reg = store.register(&Registration {

@@ -18,8 +18,11 @@ use crate::store::{Intent, Store, TEXT_PLAIN};
   relay send alice --as bob --reply-to 0190f5a2 -- '-1 from me'
   tail -n 50 build.log | relay send ops --stdin --lines
 
-The receipt says the route (mailbox) and the state reached (queued); follow it with
-`relay status <id>`. Nothing is stored when the target is unknown, ambiguous, or the
+The receipt says the route (live, mailbox, inject: into an idle agent session in place,
+wake: a dormant session resumed) and the state reached (queued, delivered, acked); follow
+it with `relay status <id>`. Agent sessions are loop-guarded: at most 12 agent-to-agent
+messages on a thread without a human one and 30 sends a minute (reject loop-guard, exit 3;
+`relay register NAME --loop-thread N --loop-rate N` lifts them). Nothing is stored when the target is unknown, ambiguous, or the
 body is over the cap (exit 3).")]
 pub struct Args {
     /// Target: name, id, or unique id prefix (at least 4 characters).
@@ -193,6 +196,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 Some(crate::agents::wake::FollowUp::Failed(e)) => {
                     text.push_str(&format!("\nqueued, but {e}"))
                 }
+                None if s.route == route::Decision::Inject => text.push_str(&format!(
+                    "\n{} is idle: its session is woken in place with the mail now",
+                    s.receipt.to_name.as_deref().unwrap_or(&s.receipt.to)
+                )),
                 None => {}
             }
             text

@@ -30,6 +30,12 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 if r.deliveries == 1 { "" } else { "s" }
             ));
         }
+        if let Some(t) = r.injected_at {
+            s.push_str(&format!(
+                "\n  injected  {} (into the idle session, in place)",
+                output::time(t)
+            ));
+        }
         if let Some(t) = r.acked_at {
             s.push_str(&format!("\n  acked     {}", output::time(t)));
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decide::{Ask, Decision, Facts, LiveState, Reason, Resolution, decide};
+use super::decide::{Ask, Decision, Facts, Guard, LiveState, Reason, Resolution, decide};
 use crate::clock::now_ms;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 use crate::transport::client;
@@ -338,12 +338,30 @@ fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan
         Some(path) => probes.state(path),
         None => LiveState::NoSocket,
     };
+    // The thread is known before deciding: the loop guard counts per thread.
+    let given_thread = names::optional_thread(req.thread.clone())?;
+    let (reply_to, thread) = match (&names::optional(req.reply_to.clone()), target) {
+        (None, _) | (_, None) => (None, given_thread),
+        (Some(r), Some(_)) => {
+            let parent = store.receipt(r)?;
+            let thread = given_thread
+                .or(parent.thread)
+                .unwrap_or_else(|| parent.id.clone());
+            (Some(parent.id), Some(thread))
+        }
+    };
+    let guard = match target {
+        Some(t) if req.from.kind.is_agent() => guard(store, &req.from, t, thread.as_deref())?,
+        _ => Guard::default(),
+    };
     let facts = Facts {
         resolution,
         live,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
         wakeable: target.is_some_and(wakeable),
+        injectable: target.is_some_and(injectable),
         replies: target.is_none_or(replies),
+        guard,
         body_len: req.body.len(),
         body_cap: store.max_body(),
     };
@@ -355,30 +373,19 @@ fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan
         },
     );
     let target = match (decision, target) {
-        (Decision::Live | Decision::Mailbox | Decision::Wake, Some(t)) => t,
         (Decision::Reject(reason), _) => {
             return Err(Error::Rejected {
                 reason,
                 detail: reject_detail(reason, &req, &lookup, &facts),
             });
         }
+        (_, Some(t)) => t,
         // decide() only routes targets that were found.
-        (Decision::Live | Decision::Mailbox | Decision::Wake, None) => {
+        (_, None) => {
             return Err(Error::Rejected {
                 reason: Reason::UnknownTarget,
                 detail: reject_detail(Reason::UnknownTarget, &req, &lookup, &facts),
             });
-        }
-    };
-    let given_thread = names::optional_thread(req.thread.clone())?;
-    let (reply_to, thread) = match &names::optional(req.reply_to.clone()) {
-        None => (None, given_thread),
-        Some(r) => {
-            let parent = store.receipt(r)?;
-            let thread = given_thread
-                .or(parent.thread)
-                .unwrap_or_else(|| parent.id.clone());
-            (Some(parent.id), Some(thread))
         }
     };
     let msg = NewMessage {
@@ -400,6 +407,49 @@ fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan
         msg,
         socket,
     })
+}
+
+/// Endpoint metadata: the loop guard's cap of agent↔agent messages on a thread without a
+/// human message (0 turns it off; default [`Guard::THREAD_CAP`]). Read from the sender.
+pub const LOOP_THREAD_META: &str = "loop_thread";
+
+/// Endpoint metadata: the loop guard's cap of sends per minute for an agent session (0
+/// turns it off; default [`Guard::RATE_CAP`]). Read from the sender.
+pub const LOOP_RATE_META: &str = "loop_per_minute";
+
+/// The loop guard's facts for a send from agent session `from` to `to` on `thread`.
+fn guard(
+    store: &dyn Store,
+    from: &Endpoint,
+    to: &Endpoint,
+    thread: Option<&str>,
+) -> Result<Guard, Error> {
+    let cap = |key: &str, default: u64| {
+        from.meta
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(default)
+    };
+    let agent_to_agent = to.kind.is_agent();
+    let counts = store.loop_counts(
+        &from.id,
+        thread.filter(|_| agent_to_agent),
+        now_ms().saturating_sub(60_000),
+    )?;
+    Ok(Guard {
+        agent_to_agent,
+        from_agent: true,
+        thread_run: counts.thread_run,
+        thread_cap: cap(LOOP_THREAD_META, Guard::THREAD_CAP),
+        sent_last_minute: counts.sent_since,
+        rate_cap: cap(LOOP_RATE_META, Guard::RATE_CAP),
+    })
+}
+
+/// An idle agent session with an in-session channel: a Claude Code session whose idle
+/// waiter runs (`relay hook claude idle`).
+fn injectable(e: &Endpoint) -> bool {
+    e.kind == store::Kind::ClaudeCode && crate::agents::idle::waiter(e).is_some()
 }
 
 /// False when the endpoint declared it never answers (`meta.replies == false`).
@@ -472,5 +522,25 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
              wait forever; send it with --intent notify instead. Nothing was sent",
             req.to
         ),
+        (Reason::LoopGuard, _) => {
+            let g = &facts.guard;
+            let who = req.from.display_name();
+            if g.agent_to_agent && g.thread_cap > 0 && g.thread_run >= g.thread_cap {
+                format!(
+                    "loop guard: the thread already holds {} agent-to-agent messages since a \
+                     human last wrote on it (cap {}). A human message on the thread resets \
+                     it; or lift the cap with `relay register {who} --loop-thread N` (0 = \
+                     off). Nothing was sent",
+                    g.thread_run, g.thread_cap
+                )
+            } else {
+                format!(
+                    "loop guard: {who} sent {} messages in the last minute (cap {} per \
+                     minute for an agent session). Wait a minute, or lift the cap with \
+                     `relay register {who} --loop-rate N` (0 = off). Nothing was sent",
+                    g.sent_last_minute, g.rate_cap
+                )
+            }
+        }
     }
 }
