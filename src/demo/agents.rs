@@ -26,31 +26,75 @@ const ALPHA: &str = "a1a1a1a1-0000-4000-8000-000000000001";
 const BETA: &str = "b2b2b2b2-0000-4000-8000-000000000002";
 
 fn relay(home: &Path) -> anyhow::Result<Command> {
+    // Used for `relay mcp`; hooks run under each session's own agent process.
     let mut c = Command::new(std::env::current_exe().context("cannot find the relay binary")?);
     c.env("RELAY_HOME", home).env_remove("RELAY_AS");
     Ok(c)
 }
 
-/// Runs one hook with a recorded payload; returns its stdout parsed (None: it printed
-/// nothing, which is how a hook says "nothing to add" / "let it stop").
-fn hook(home: &Path, event: &str, payload: &Value) -> anyhow::Result<Option<Value>> {
-    let mut child = relay(home)?
-        .args(["hook", "claude", event])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(payload.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(None);
+/// A simulated agent session's own agent process, as a real session has one: a shell
+/// under its own command name (`agent-alpha`, a symlink to `/bin/sh`) that runs each hook
+/// as its child. Hooks find their session's agent process by walking up to the first
+/// ancestor that is not a shell or launcher, so two sessions in one directory are two
+/// processes — not one process seen twice, which is what `/clear` looks like.
+struct Session {
+    child: std::process::Child,
+    lines: BufReader<std::process::ChildStdout>,
+    dir: std::path::PathBuf,
+}
+
+impl Session {
+    fn start(home: &Path, tag: &str) -> anyhow::Result<Session> {
+        let dir = home.join("demo-agents").join(tag);
+        std::fs::create_dir_all(&dir)?;
+        let program = dir.join(format!("agent-{tag}"));
+        let _ = std::fs::remove_file(&program);
+        std::os::unix::fs::symlink("/bin/sh", &program)
+            .with_context(|| format!("cannot link {}", program.display()))?;
+        let exe = std::env::current_exe().context("cannot find the relay binary")?;
+        // One hook per line on stdin; its stdout goes to out.json; "done" says it ended.
+        let script = r#"while read -r ev; do "$1" hook claude "$ev" < "$2/in.json" > "$2/out.json"; echo done; done"#;
+        let mut child = Command::new(&program)
+            .arg("-c")
+            .arg(script)
+            .arg(format!("agent-{tag}"))
+            .arg(exe)
+            .arg(&dir)
+            .env("RELAY_HOME", home)
+            .env_remove("RELAY_AS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let lines = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Session { child, lines, dir })
     }
-    Ok(Some(serde_json::from_str(text.trim())?))
+
+    /// Runs one hook with a recorded payload; returns its stdout parsed (None: it printed
+    /// nothing, which is how a hook says "nothing to add" / "let it stop").
+    fn hook(&mut self, event: &str, payload: &Value) -> anyhow::Result<Option<Value>> {
+        std::fs::write(self.dir.join("in.json"), payload.to_string())?;
+        let stdin = self.child.stdin.as_mut().context("agent process ended")?;
+        writeln!(stdin, "{event}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        if self.lines.read_line(&mut line)? == 0 || line.trim() != "done" {
+            bail!("the simulated agent process ended during its {event} hook");
+        }
+        let text = std::fs::read_to_string(self.dir.join("out.json"))?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(text.trim())?))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// A minimal MCP client over `relay mcp`'s stdio: newline-delimited JSON-RPC.
@@ -157,9 +201,10 @@ pub(crate) fn run(
     say: &dyn Fn(String),
 ) -> anyhow::Result<AgentsOutcome> {
     let mut o = AgentsOutcome::default();
-    for s in [ALPHA, BETA] {
-        let start = hook(
-            home,
+    let mut alpha_agent = Session::start(home, "alpha")?;
+    let mut beta_agent = Session::start(home, "beta")?;
+    for (s, agent) in [(ALPHA, &mut alpha_agent), (BETA, &mut beta_agent)] {
+        let start = agent.hook(
             "session-start",
             &payload(s, project, "SessionStart", json!({"source": "startup"})),
         )?;
@@ -184,8 +229,7 @@ pub(crate) fn run(
         sent["state"]
     ));
 
-    let prompt = hook(
-        home,
+    let prompt = beta_agent.hook(
         "user-prompt-submit",
         &payload(
             BETA,
@@ -215,8 +259,7 @@ pub(crate) fn run(
         json!({"to": ALPHA, "body": "Reviewed: two nits, otherwise good.", "reply_to": id}),
     )?;
     say("   beta (MCP send) → alpha: reply".into());
-    let stop = hook(
-        home,
+    let stop = alpha_agent.hook(
         "stop",
         &payload(ALPHA, project, "Stop", json!({"stop_hook_active": false})),
     )?;
@@ -231,8 +274,7 @@ pub(crate) fn run(
         }
         _ => bail!("alpha's Stop hook did not nudge it"),
     }
-    let again = hook(
-        home,
+    let again = alpha_agent.hook(
         "stop",
         &payload(ALPHA, project, "Stop", json!({"stop_hook_active": true})),
     )?;
