@@ -38,6 +38,7 @@
 //! - [`errors`] — stable error kinds and exit codes for scripts and models.
 //! - [`clock`] — wall-clock milliseconds and microseconds.
 //! - [`subprocess`] — line-by-line output of child relay processes, with deadlines.
+//! - [`standin`] — a stand-in model server on 127.0.0.1 for real agent CLIs in tests, benches.
 
 pub mod agents;
 pub mod bench;
@@ -49,6 +50,7 @@ pub mod errors;
 pub mod mcp;
 pub mod route;
 pub mod shm;
+pub mod standin;
 pub mod store;
 pub mod subprocess;
 pub mod transport;
