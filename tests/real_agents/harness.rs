@@ -64,6 +64,33 @@ pub fn client(bin: &str) -> Option<PathBuf> {
     }
 }
 
+/// What a script may use while it answers: the world's relay, so it can send mail at a
+/// chosen point of a turn.
+#[derive(Clone)]
+pub struct Ctx {
+    pub relay_home: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Ctx {
+    /// Runs `relay args…` in this world within the default deadline.
+    pub fn relay(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(common::relay_bin());
+        c.args(args)
+            .env("RELAY_HOME", &self.relay_home)
+            .env("HOME", &self.home)
+            .env_remove("RELAY_AS")
+            .env("RELAY_LOG", "warn");
+        common::run(c, None, common::DEADLINE)
+    }
+
+    /// `relay send TO --as FROM -- BODY`, asserting it was stored.
+    pub fn send(&self, to: &str, from: &str, body: &str) {
+        let r = self.relay(&["send", to, "--as", from, "--", body]);
+        assert_eq!(r.code, 0, "relay send {to}: {}{}", r.stdout, r.stderr);
+    }
+}
+
 /// One test's private world: a user HOME, a relay home, a project directory and a
 /// stand-in model. Everything is deleted when dropped.
 pub struct World {
@@ -76,16 +103,29 @@ pub struct World {
 impl World {
     /// A new world whose model answers with `script`.
     pub fn new(script: Script) -> World {
-        let w = World {
-            relay: Home::new(),
-            home: tempfile::tempdir().expect("tempdir"),
-            cwd_dir: tempfile::tempdir().expect("tempdir"),
-            model: StandIn::start(script, MODEL_LIFETIME).expect("stand-in model"),
-        };
-        std::fs::create_dir_all(w.relay.path()).unwrap();
+        World::with(|_| script)
+    }
+
+    /// A new world whose model answers with the script `make` builds from the world's
+    /// [`Ctx`].
+    pub fn with(make: impl FnOnce(Ctx) -> Script) -> World {
+        let relay = Home::new();
+        let home = tempfile::tempdir().expect("tempdir");
+        let cwd_dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(relay.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(w.relay.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        w
+        std::fs::set_permissions(relay.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let ctx = Ctx {
+            relay_home: relay.path(),
+            home: home.path().to_path_buf(),
+        };
+        let model = StandIn::start(make(ctx), MODEL_LIFETIME).expect("stand-in model");
+        World {
+            relay,
+            home,
+            cwd_dir,
+            model,
+        }
     }
 
     /// `$HOME` of the agents.
@@ -258,6 +298,14 @@ pub fn offers(body: &Value, name: &str) -> bool {
         })
 }
 
+/// Claude Code's own session id of a request (`metadata.user_id` is a JSON string with
+/// `session_id`).
+pub fn claude_session(r: &Recorded) -> Option<String> {
+    let uid = r.body.get("metadata")?.get("user_id")?.as_str()?;
+    let v: Value = serde_json::from_str(uid).ok()?;
+    Some(v.get("session_id")?.as_str()?.to_string())
+}
+
 /// `Reply::Text`.
 pub fn text(s: &str) -> Reply {
     Reply::Text(s.to_string())
@@ -300,7 +348,17 @@ impl Tmux {
         let cwd = cmd.get_current_dir().expect("cwd").to_path_buf();
         t.arg("-S")
             .arg(&socket)
-            .args(["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", "-c"])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                "-c",
+            ])
             .arg(&cwd)
             .arg("--")
             .arg(cmd.get_program())
