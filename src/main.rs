@@ -12,6 +12,17 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("relay: internal error: {info}; please report it");
     }));
+    // The hot path of agent hooks skips the parser (see `cli::run_hook`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(5).collect();
+    if let [_, hook, agent, event] = args.as_slice()
+        && hook == "hook"
+        && let (Some(agent), Some(event)) = (agent.to_str(), event.to_str())
+        && !agent.starts_with('-')
+        && !event.starts_with('-')
+    {
+        init_logging();
+        return ExitCode::from(cli::run_hook(agent, event));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -188,6 +188,12 @@ pub fn handle(
         // Already continuing because of a Stop hook: never block twice in a row.
         return Ok(outcome);
     }
+    // The common case is no mail: a one-line count answers it for a fraction of the full
+    // fetch's cost (most of an empty hook's time is SQLite parsing statements), which
+    // matters for a hook that runs after every tool call.
+    if event != Event::SessionStart && store.pending(&endpoint.id)?.0 == 0 {
+        return Ok(outcome);
+    }
     let pending = peek(store, &endpoint)?;
     if event == Event::Stop {
         let last: Vec<String> = endpoint

@@ -235,6 +235,31 @@ pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     )
 }
 
+/// `relay hook AGENT EVENT` without the command-line parser: an agent runs a hook on
+/// every prompt and after every tool call, so its start-up is the hook's whole cost
+/// (parsing relay's full command tree took about a millisecond of it). `main` calls this
+/// when the arguments are exactly those three words; anything else goes through clap.
+pub fn run_hook(agent: &str, event: &str) -> u8 {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            // A hook never fails its agent, even over a bad RELAY_* setting.
+            tracing::error!("relay hook: {e:#}");
+            return EXIT_OK;
+        }
+    };
+    let ctx = Ctx {
+        json: false,
+        as_: None,
+        config,
+    };
+    let args = hook::Args {
+        agent: agent.to_string(),
+        event: event.to_string(),
+    };
+    hook::run(&ctx, args).unwrap_or(EXIT_OK)
+}
+
 /// Runs a parsed command line; returns the exit status for a command that finished.
 ///
 /// # Errors
