@@ -3,6 +3,7 @@
 
 pub mod claude;
 pub mod codex;
+pub mod codex_app;
 pub mod discover;
 pub mod fence;
 pub mod hook;
