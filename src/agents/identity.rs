@@ -1,6 +1,12 @@
 //! Who "me" is (DESIGN.md §9): `--as`, else `$RELAY_AS`, else the binding of the agent
 //! session this process runs in, else nobody.
 //!
+//! An MCP request may also name its session itself ([`from_request`]): Codex puts the
+//! thread and session ids in every `tools/call`'s `_meta`, and one Codex app-server
+//! process serves the MCP tools of every session it runs, so a process binding cannot
+//! tell them apart. Order: `--as`/`RELAY_AS`, then the request, then the `register` tool,
+//! then the binding ([`resolve_for_request`]).
+//!
 //! An agent's SessionStart hook records a binding {agent pid + start time → session
 //! endpoint}. Any relay process started by that agent (`relay mcp`, or `relay inbox` run
 //! from the agent's shell tool) walks its own ancestors and takes the nearest bound one
@@ -24,6 +30,9 @@ pub enum Source {
     Register,
     /// A hook's binding of an ancestor agent process to its session.
     Binding,
+    /// The MCP request's `_meta` named a registered session (Codex's `threadId` or
+    /// `sessionId`).
+    Request,
 }
 
 impl Source {
@@ -34,6 +43,7 @@ impl Source {
             Source::Env => "RELAY_AS",
             Source::Register => "the register tool",
             Source::Binding => "the agent session binding",
+            Source::Request => "the request's _meta (threadId)",
         }
     }
 }
@@ -106,6 +116,76 @@ pub fn from_binding(store: &dyn Store) -> store::Result<Option<Me>> {
         source: Source::Binding,
         process: Some(p),
     }))
+}
+
+/// The session ids an MCP request names in its `_meta`, best first: Codex's `threadId`,
+/// `sessionId`, then `x-codex-turn-metadata.thread_id` / `.session_id` (REPORT of Codex
+/// 0.171: all four are sent with every `tools/call`; in `codex exec` they are equal).
+/// Only strings that are valid endpoint ids ([`store::names::check_id`]) are kept, without
+/// duplicates; empty when the request names no session (Claude Code sends only
+/// `claudecode/toolUseId`).
+pub fn request_ids(meta: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let turn = meta.get("x-codex-turn-metadata");
+    let found = [
+        meta.get("threadId"),
+        meta.get("sessionId"),
+        turn.and_then(|t| t.get("thread_id")),
+        turn.and_then(|t| t.get("session_id")),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for id in found.into_iter().flatten().filter_map(|v| v.as_str()) {
+        if store::names::check_id(id).is_ok() && !out.iter().any(|o| o == id) {
+            out.push(id.to_string());
+        }
+    }
+    out
+}
+
+/// The first of `ids` (see [`request_ids`]) that is exactly the id of a registered
+/// endpoint, as [`Source::Request`]. A name or an id prefix never matches: only the
+/// session's own id, which the agent's hooks registered.
+///
+/// # Errors
+/// Store errors.
+pub fn from_request(store: &dyn Store, ids: &[String]) -> store::Result<Option<Me>> {
+    for id in ids {
+        if let store::Lookup::Found(endpoint) = store.lookup(id)?
+            && endpoint.id == *id
+        {
+            return Ok(Some(Me {
+                endpoint,
+                source: Source::Request,
+                process: None,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves "me" for one MCP request: `--as`/`RELAY_AS` ([`Source::Flag`],
+/// [`Source::Env`]) win; then the session the request names ([`from_request`] over
+/// `request`); then a `register`ed identity; then — only when the request names no
+/// session — the binding. A request that names sessions none of which is registered never
+/// falls back to the binding: the process serving it (Codex's app-server) serves every
+/// session, and its binding is whichever session started last.
+///
+/// # Errors
+/// As [`resolve`]; [`NoIdentity`] also when the request names only unregistered sessions.
+pub fn resolve_for_request(
+    store: &dyn Store,
+    explicit: Option<&Identity>,
+    request: &[String],
+) -> anyhow::Result<Me> {
+    let strong = explicit.filter(|i| matches!(i.source, Source::Flag | Source::Env));
+    if strong.is_none() && !request.is_empty() {
+        if let Some(me) = from_request(store, request)? {
+            return Ok(me);
+        }
+        if explicit.is_none() {
+            return Err(NoIdentity.into());
+        }
+    }
+    resolve(store, explicit)
 }
 
 /// Resolves "me": the explicit identity if any (it always wins), else a binding.

@@ -48,6 +48,51 @@ pub struct Env {
     pub project: PathBuf,
     /// The relay binary the entries should run (absolute).
     pub exe: PathBuf,
+    /// The relay home to pin in the MCP server's environment (absolute), or `None` to let
+    /// `relay mcp` resolve it from the environment the agent gives it. Set when `RELAY_HOME`
+    /// or `XDG_STATE_HOME` is set at install time: Codex starts MCP servers with a fixed
+    /// environment allowlist from a long-lived app-server daemon, which keeps the
+    /// environment it started with, so `relay mcp` would otherwise use another home than
+    /// the shell that installed it.
+    pub relay_home: Option<PathBuf>,
+}
+
+/// The environment variables relay reads that Codex must pass to `relay mcp`
+/// (`env_vars` of `[mcp_servers.relay]`; Codex passes only HOME, LOGNAME, PATH, SHELL,
+/// USER, LANG, LC_ALL, TERM, TMPDIR, TZ and these). `RELAY_HOME`/`XDG_STATE_HOME`: where
+/// the store is; `RELAY_RUNTIME_DIR`/`XDG_RUNTIME_DIR`: where live endpoints' sockets are
+/// (without them, sends to a live listener fall back to its mailbox); `RELAY_DURABILITY`,
+/// `RELAY_MAX_BODY`, `RELAY_LOG`: settings. Not `RELAY_AS`: the server is a child of the
+/// app-server daemon every Codex session shares, so a `RELAY_AS` from the shell that
+/// started the daemon would make every session the same endpoint.
+pub const CODEX_ENV_VARS: [&str; 7] = [
+    "RELAY_HOME",
+    "XDG_STATE_HOME",
+    "RELAY_RUNTIME_DIR",
+    "XDG_RUNTIME_DIR",
+    "RELAY_DURABILITY",
+    "RELAY_MAX_BODY",
+    "RELAY_LOG",
+];
+
+/// The `RELAY_HOME` to pin at install time (see [`Env::relay_home`]): `Some(home)` when
+/// `relay_home_var` (`$RELAY_HOME`) or `xdg_state_home` (`$XDG_STATE_HOME`) is set and
+/// non-empty, made absolute against `cwd`; `None` when relay would use its default
+/// (`$HOME/.local/state/relay`, which Codex's allowlist passes through as HOME).
+pub fn pinned_home(
+    relay_home_var: Option<&std::ffi::OsStr>,
+    xdg_state_home: Option<&std::ffi::OsStr>,
+    cwd: &Path,
+) -> Option<PathBuf> {
+    let home = match relay_home_var.filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(xdg_state_home.filter(|v| !v.is_empty())?).join("relay"),
+    };
+    Some(if home.is_absolute() {
+        home
+    } else {
+        cwd.join(home)
+    })
 }
 
 /// One file's change.
@@ -311,6 +356,211 @@ fn to_text(v: &Value, l: &JsonLayout) -> String {
     s
 }
 
+// ---- Splicing: change only the bytes of what changed ----
+//
+// Re-serialising a whole file would rewrite every number the way serde_json prints it
+// (`0.000001` becomes `1e-6`, `1.7976931348623157e308` gains a `+`), and ~/.claude.json
+// is Claude Code's own file full of them. So an edit is applied to the original text:
+// members added or removed, and values that changed replaced, each at its own place; the
+// rest of the file keeps its bytes. The result is checked to parse to the edited value;
+// if it does not, the whole file is serialised instead.
+
+/// One member of a JSON object in a text: byte offsets of its key's opening quote and of
+/// its value's start and end.
+struct Member {
+    key: String,
+    key_start: usize,
+    value_start: usize,
+    value_end: usize,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string starting at `b[i] == b'"'`.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The end of the value starting at `b[i]` (which is not whitespace).
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// The members of the object whose `{` is at `text[start]`.
+fn members(text: &str, start: usize) -> Option<Vec<Member>> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = skip_ws(b, start + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(out);
+    }
+    loop {
+        let key_start = i;
+        let key_end = string_end(b, i)?;
+        let key: String = serde_json::from_str(&text[key_start..key_end]).ok()?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(b, i + 1);
+        let end = value_end(b, value_start)?;
+        out.push(Member {
+            key,
+            key_start,
+            value_start,
+            value_end: end,
+        });
+        i = skip_ws(b, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// `v` pretty-printed with `l`'s indent, as it would sit at nesting `depth`.
+fn pretty_at(v: &Value, l: &JsonLayout, depth: usize) -> String {
+    let flat = JsonLayout {
+        indent: l.indent.clone(),
+        final_newline: false,
+    };
+    to_text(v, &flat).replace('\n', &format!("\n{}", l.indent.repeat(depth)))
+}
+
+/// Collects the edits (byte range → replacement) that turn the value `old` at
+/// `text[start..end]` (nesting `depth`) into `new`.
+fn splice_edits(
+    text: &str,
+    (start, end): (usize, usize),
+    old: &Value,
+    new: &Value,
+    depth: usize,
+    l: &JsonLayout,
+    edits: &mut Vec<(usize, usize, String)>,
+) -> Option<()> {
+    if old == new {
+        return Some(());
+    }
+    let whole = |edits: &mut Vec<(usize, usize, String)>| {
+        edits.push((start, end, pretty_at(new, l, depth)));
+        Some(())
+    };
+    let (Value::Object(o), Value::Object(n)) = (old, new) else {
+        return whole(edits);
+    };
+    let ms = members(text, start)?;
+    if ms.len() != o.len() || o.is_empty() || n.is_empty() {
+        return whole(edits); // duplicate keys, or nothing to keep: write it whole
+    }
+    let kept: Vec<&Member> = ms.iter().filter(|m| n.contains_key(&m.key)).collect();
+    let added: Vec<(&String, &Value)> = n.iter().filter(|(k, _)| !o.contains_key(*k)).collect();
+    let same_order = kept
+        .iter()
+        .map(|m| &m.key)
+        .eq(n.keys().filter(|k| o.contains_key(*k)));
+    let removed = kept.len() < ms.len();
+    if !same_order || kept.is_empty() || (removed && !added.is_empty()) {
+        return whole(edits);
+    }
+    for m in &kept {
+        splice_edits(
+            text,
+            (m.value_start, m.value_end),
+            &o[&m.key],
+            &n[&m.key],
+            depth + 1,
+            l,
+            edits,
+        )?;
+    }
+    if removed {
+        let first_kept = ms.iter().position(|m| n.contains_key(&m.key))?;
+        if first_kept > 0 {
+            edits.push((ms[0].key_start, ms[first_kept].key_start, String::new()));
+        }
+        for i in first_kept + 1..ms.len() {
+            if !n.contains_key(&ms[i].key) {
+                edits.push((ms[i - 1].value_end, ms[i].value_end, String::new()));
+            }
+        }
+    }
+    if !added.is_empty() {
+        let at = ms.last()?.value_end;
+        let mut ins = String::new();
+        for (k, v) in added {
+            ins.push_str(&format!(
+                ",\n{}{}: {}",
+                l.indent.repeat(depth + 1),
+                Value::String(k.clone()),
+                pretty_at(v, l, depth + 1)
+            ));
+        }
+        edits.push((at, at, ins));
+    }
+    Some(())
+}
+
+/// `text` (which parses to `old`) edited in place to hold `new`, changing only the bytes
+/// of what differs; `None` when that cannot be done faithfully.
+fn splice(text: &str, old: &Value, new: &Value, l: &JsonLayout) -> Option<String> {
+    let start = skip_ws(text.as_bytes(), 0);
+    let end = value_end(text.as_bytes(), start)?;
+    let mut edits = Vec::new();
+    splice_edits(text, (start, end), old, new, 0, l, &mut edits)?;
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut out = text.to_string();
+    for (a, b, rep) in edits {
+        out.replace_range(a..b, &rep);
+    }
+    (serde_json::from_str::<Value>(&out).ok()? == *new).then_some(out)
+}
+
 fn parse_json(path: &Path, text: Option<&str>) -> Result<Value, Error> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(Value::Object(Map::new())),
@@ -351,7 +601,7 @@ fn drop_if_empty(root: &mut Value, key: &str) {
             .get(key)
             .is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
     {
-        obj.remove(key);
+        obj.shift_remove(key);
     }
 }
 
@@ -412,7 +662,7 @@ fn edit_hooks(
             list.push(wanted);
         }
         if list.is_empty() {
-            hooks.remove(name);
+            hooks.shift_remove(name);
         }
     }
     drop_if_empty(root, "hooks");
@@ -434,8 +684,23 @@ fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Re
             });
         }
     }
-    let wanted =
-        json!({"type": "stdio", "command": env.exe.to_string_lossy(), "args": ["mcp"], "env": {}});
+    // The entry's env keeps what the user added; RELAY_HOME is relay's, pinned or not.
+    let mut mcp_env = servers
+        .get("relay")
+        .and_then(|r| r.get("env"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    match &env.relay_home {
+        Some(h) => {
+            mcp_env.insert("RELAY_HOME".into(), json!(h.to_string_lossy()));
+        }
+        None => {
+            mcp_env.shift_remove("RELAY_HOME");
+        }
+    }
+    let wanted = json!({"type": "stdio", "command": env.exe.to_string_lossy(), "args": ["mcp"],
+        "env": mcp_env});
     match action {
         Action::Install => {
             if servers.get("relay") != Some(&wanted) {
@@ -443,21 +708,27 @@ fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Re
             }
         }
         Action::Uninstall => {
-            servers.remove("relay");
+            servers.shift_remove("relay");
         }
     }
     drop_if_empty(root, "mcpServers");
     Ok(())
 }
 
-/// Adds or removes `[mcp_servers.relay]` in a Codex config.toml.
+/// Adds or removes `[mcp_servers.relay]` in a Codex config.toml: `command`, `args`,
+/// `env_vars` ([`CODEX_ENV_VARS`]) and `env.RELAY_HOME` ([`Env::relay_home`]) are relay's;
+/// other keys of the table (e.g. `tool_timeout_sec`) and other `env` keys are the user's
+/// and stay. Only keys whose value differs are written, so an install over a current
+/// entry changes no byte. Uninstall removes the table and the `[hooks.state."<key>"]`
+/// trust tables named in `trust_keys` (relay's hooks, see [`codex_trust_keys`]).
 fn edit_codex_toml(
     text: Option<&str>,
     path: &Path,
     env: &Env,
     action: Action,
+    trust_keys: &[String],
 ) -> Result<Option<String>, Error> {
-    use toml_edit::{Array, DocumentMut, Item, Table, value};
+    use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value as TomlValue, value};
     let mut doc: DocumentMut = text
         .unwrap_or("")
         .parse()
@@ -478,6 +749,10 @@ fn edit_codex_toml(
             });
         }
     }
+    let shape = |what: &str| Error::Shape {
+        path: path.to_path_buf(),
+        what: what.into(),
+    };
     match action {
         Action::Install => {
             let servers = doc
@@ -488,26 +763,71 @@ fn edit_codex_toml(
                     Item::Table(t)
                 })
                 .as_table_mut()
-                .ok_or_else(|| Error::Shape {
-                    path: path.to_path_buf(),
-                    what: "mcp_servers (expected a table)".into(),
-                })?;
-            let current = servers
-                .get("relay")
-                .and_then(Item::as_table)
-                .is_some_and(|t| {
-                    t.get("command").and_then(Item::as_str) == Some(exe.as_str())
-                        && t.get("args")
-                            .and_then(Item::as_array)
-                            .is_some_and(|a| a.iter().map(|v| v.as_str()).eq([Some("mcp")]))
-                });
-            if !current {
-                let mut t = Table::new();
+                .ok_or_else(|| shape("mcp_servers (expected a table)"))?;
+            if !servers.get("relay").is_some_and(Item::is_table) {
+                servers.insert("relay", Item::Table(Table::new()));
+            }
+            let t = servers
+                .get_mut("relay")
+                .and_then(Item::as_table_mut)
+                .expect("just made a table");
+            if t.get("command").and_then(Item::as_str) != Some(exe.as_str()) {
                 t.insert("command", value(exe));
-                let mut args = Array::new();
-                args.push("mcp");
-                t.insert("args", value(args));
-                servers.insert("relay", Item::Table(t));
+            }
+            let strings = |a: &Array| a.iter().map(|v| v.as_str().map(str::to_string)).collect();
+            let set_array = |t: &mut Table, key: &str, want: &[&str]| {
+                let have: Option<Vec<Option<String>>> =
+                    t.get(key).and_then(Item::as_array).map(strings);
+                let want_v: Vec<Option<String>> =
+                    want.iter().map(|s| Some((*s).to_string())).collect();
+                if have.as_ref() != Some(&want_v) {
+                    t.insert(key, value(want.iter().copied().collect::<Array>()));
+                }
+            };
+            set_array(t, "args", &["mcp"]);
+            set_array(t, "env_vars", &CODEX_ENV_VARS);
+            let pinned = env
+                .relay_home
+                .as_ref()
+                .map(|h| h.to_string_lossy().into_owned());
+            let have = t
+                .get("env")
+                .and_then(|e| e.get("RELAY_HOME"))
+                .and_then(Item::as_str)
+                .map(str::to_string);
+            if have != pinned {
+                match pinned {
+                    Some(h) => match t.get_mut("env") {
+                        Some(Item::Table(e)) => {
+                            e.insert("RELAY_HOME", value(h));
+                        }
+                        Some(Item::Value(TomlValue::InlineTable(e))) => {
+                            e.insert("RELAY_HOME", h.into());
+                        }
+                        Some(_) => return Err(shape("mcp_servers.relay.env (expected a table)")),
+                        None => {
+                            let mut e = InlineTable::new();
+                            e.insert("RELAY_HOME", h.into());
+                            t.insert("env", value(e));
+                        }
+                    },
+                    None => {
+                        let empty = match t.get_mut("env") {
+                            Some(Item::Table(e)) => {
+                                e.remove("RELAY_HOME");
+                                e.is_empty()
+                            }
+                            Some(Item::Value(TomlValue::InlineTable(e))) => {
+                                e.remove("RELAY_HOME");
+                                e.is_empty()
+                            }
+                            _ => false,
+                        };
+                        if empty {
+                            t.remove("env");
+                        }
+                    }
+                }
             }
         }
         Action::Uninstall => {
@@ -517,6 +837,7 @@ fn edit_codex_toml(
                     doc.remove("mcp_servers");
                 }
             }
+            remove_trust(&mut doc, trust_keys);
         }
     }
     let out = doc.to_string();
@@ -525,6 +846,79 @@ fn edit_codex_toml(
     } else {
         Some(out)
     })
+}
+
+/// Removes `[hooks.state."<key>"]` for each of `keys`, then `hooks.state` and `hooks` if
+/// that left them empty.
+fn remove_trust(doc: &mut toml_edit::DocumentMut, keys: &[String]) {
+    use toml_edit::Item;
+    let Some(hooks) = doc.get_mut("hooks").and_then(Item::as_table_like_mut) else {
+        return;
+    };
+    if let Some(state) = hooks.get_mut("state").and_then(Item::as_table_like_mut) {
+        for k in keys {
+            state.remove(k);
+        }
+        if state.is_empty() {
+            hooks.remove("state");
+        }
+    }
+    if hooks.is_empty() {
+        doc.remove("hooks");
+    }
+}
+
+/// Codex's event names in trust keys: `SessionStart` → `session_start`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The keys under which Codex keeps its trust of relay's hooks in `hooks` (a parsed
+/// hooks.json at `hooks_path`): `<hooks.json path>:<event in snake_case>:<group
+/// index>:<handler index>` (Codex 0.171, e.g. `/home/me/.codex/hooks.json:stop:0:0`) for
+/// every handler that [`is_relay_hook`], under the path as given and as canonicalised
+/// (Codex names the file by the path it was configured with).
+pub fn codex_trust_keys(hooks: &Value, hooks_path: &Path, exe: &Path) -> Vec<String> {
+    let mut paths = vec![hooks_path.to_string_lossy().into_owned()];
+    if let Ok(c) = std::fs::canonicalize(hooks_path) {
+        let c = c.to_string_lossy().into_owned();
+        if !paths.contains(&c) {
+            paths.push(c);
+        }
+    }
+    let mut keys = Vec::new();
+    for event in Event::ALL {
+        let name = event.hook_event_name();
+        for (g, group) in hooks["hooks"][name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for (h, handler) in group["hooks"].as_array().into_iter().flatten().enumerate() {
+                if handler["command"]
+                    .as_str()
+                    .is_some_and(|c| is_relay_hook(c, Agent::Codex, event, exe))
+                {
+                    for p in &paths {
+                        keys.push(format!("{p}:{}:{g}:{h}", snake_case(name)));
+                    }
+                }
+            }
+        }
+    }
+    keys
 }
 
 fn json_change(
@@ -541,7 +935,14 @@ fn json_change(
     } else if v.as_object().is_some_and(Map::is_empty) {
         None // relay's entries were all the file held: remove it
     } else {
-        Some(to_text(&v, &layout(before.as_deref().unwrap_or(""))))
+        let l = layout(before.as_deref().unwrap_or(""));
+        Some(
+            before
+                .as_deref()
+                .filter(|t| !t.trim().is_empty())
+                .and_then(|t| splice(t, &original, &v, &l))
+                .unwrap_or_else(|| to_text(&v, &l)),
+        )
     };
     Ok(FileChange {
         path,
@@ -571,30 +972,73 @@ pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Pla
             )?,
         ],
         Agent::Codex => {
+            let hooks_path = codex::hooks_path(scope, &env.home, &env.project);
+            let hooks = json_change(hooks_path.clone(), "Codex hooks", |v, p| {
+                edit_hooks(v, p, env, Agent::Codex, action)
+            })?;
+            // Trust Codex recorded for relay's hooks as they are now (uninstall only).
+            let trust_keys = match action {
+                Action::Install => Vec::new(),
+                Action::Uninstall => hooks
+                    .before
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .map(|v| codex_trust_keys(&v, &hooks_path, &env.exe))
+                    .unwrap_or_default(),
+            };
             let config = codex::config_path(scope, &env.home, &env.project);
             let before = read(&config)?;
-            let after = edit_codex_toml(before.as_deref(), &config, env, action)?;
+            let after = edit_codex_toml(before.as_deref(), &config, env, action, &trust_keys)?;
             let toml = FileChange {
                 path: config,
                 what: "Codex MCP servers",
                 before,
                 after,
             };
-            let hooks = json_change(
-                codex::hooks_path(scope, &env.home, &env.project),
-                "Codex hooks",
-                |v, p| edit_hooks(v, p, env, Agent::Codex, action),
-            )?;
             if action == Action::Install && !hooks.unchanged() {
                 notes.push(
                     "Codex runs new or changed hooks only after you trust them: start codex, \
-                     open /hooks and trust relay's SessionStart, UserPromptSubmit and Stop hooks."
+                     open /hooks and trust relay's SessionStart, UserPromptSubmit, PostToolUse \
+                     and Stop hooks."
+                        .into(),
+                );
+            }
+            if action == Action::Install && !toml.unchanged() {
+                notes.push(
+                    "Codex runs MCP servers from its shared app-server daemon, which keeps the \
+                     environment it started with: if it is running, restart it (`codex \
+                     app-server daemon restart`) so relay mcp gets the new entry."
                         .into(),
                 );
             }
             vec![toml, hooks]
         }
     };
+    if action == Action::Install
+        && agent == Agent::Claude
+        && scope == Scope::Project
+        && files.first().is_some_and(|f| !f.unchanged())
+    {
+        notes.push(
+            "Claude Code asks before it starts an MCP server from a project's .mcp.json: \
+             until you approve 'relay' (start `claude` in this directory and accept it), \
+             `claude mcp list` shows it as \"Pending approval\" and sessions get no relay \
+             tools."
+                .into(),
+        );
+    }
+    if action == Action::Install
+        && let Some(h) = &env.relay_home
+        && files.iter().any(|f| !f.unchanged())
+    {
+        notes.push(format!(
+            "relay mcp is pinned to the relay home {} (RELAY_HOME in its MCP entry); the \
+             hooks use the RELAY_HOME of the agent's environment, so start {} where \
+             RELAY_HOME is the same (or install again from a shell without it).",
+            h.display(),
+            agent.display()
+        ));
+    }
     if action == Action::Install && files.iter().any(|f| !f.unchanged()) {
         notes.push(format!(
             "Restart running {} sessions so they load the relay MCP server and hooks.",
@@ -822,6 +1266,40 @@ mod tests {
         assert!(!is("relay hook claude stop; rm -rf /"));
         assert_eq!(shell_quote("/a b/relay"), "'/a b/relay'");
         assert_eq!(shell_quote("/usr/bin/relay"), "/usr/bin/relay");
+    }
+
+    #[test]
+    fn splice_changes_only_what_changed() {
+        let text = "{\n  \"n\": 0.000001,\n  \"big\": 1.7976931348623157e308,\n  \
+                    \"mcpServers\": {\n    \"a\": {\"x\": 1E5}\n  },\n  \"z\": [1.50, -0.0]\n}\n";
+        let old: Value = serde_json::from_str(text).unwrap();
+        let l = layout(text);
+        // Add a member to a nested object.
+        let mut new = old.clone();
+        new["mcpServers"]["relay"] = json!({"command": "/r", "args": ["mcp"]});
+        let out = splice(text, &old, &new, &l).unwrap();
+        assert_eq!(
+            out,
+            "{\n  \"n\": 0.000001,\n  \"big\": 1.7976931348623157e308,\n  \
+             \"mcpServers\": {\n    \"a\": {\"x\": 1E5},\n    \"relay\": {\n      \
+             \"command\": \"/r\",\n      \"args\": [\n        \"mcp\"\n      ]\n    }\n  },\n  \
+             \"z\": [1.50, -0.0]\n}\n"
+        );
+        // And take it out again: the original bytes.
+        assert_eq!(splice(&out, &new, &old, &l).unwrap(), text);
+        // Remove the first member, a middle one, the last one.
+        for k in ["n", "mcpServers", "z"] {
+            let mut less = old.clone();
+            less.as_object_mut().unwrap().shift_remove(k);
+            let out = splice(text, &old, &less, &l).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), less, "{out}");
+            assert!(out.contains("1.50") || k == "z", "{out}");
+        }
+        // A changed scalar is replaced in place.
+        let mut n2 = old.clone();
+        n2["mcpServers"]["a"]["x"] = json!(2);
+        let out = splice(text, &old, &n2, &l).unwrap();
+        assert!(out.contains("{\"x\": 2}") && out.contains("0.000001"), "{out}");
     }
 
     #[test]

@@ -39,16 +39,23 @@ struct Doc {
     notes: Vec<String>,
 }
 
-/// Paths for planning: $HOME, the current directory, this binary.
+/// Paths for planning: $HOME, the current directory, this binary, and the relay home to
+/// pin (when `RELAY_HOME` or `XDG_STATE_HOME` is set).
 pub(crate) fn env() -> anyhow::Result<Env> {
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .ok_or_else(|| {
             super::UsageError("HOME is not set: cannot find the agent's config".into())
         })?;
+    let project = std::env::current_dir()?;
     Ok(Env {
+        relay_home: install::pinned_home(
+            std::env::var_os("RELAY_HOME").as_deref(),
+            std::env::var_os("XDG_STATE_HOME").as_deref(),
+            &project,
+        ),
         home: home.into(),
-        project: std::env::current_dir()?,
+        project,
         exe: std::env::current_exe()?.canonicalize()?,
     })
 }
