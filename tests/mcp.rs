@@ -266,3 +266,185 @@ async fn garbage_on_stdin_is_ignored_and_stdout_carries_only_protocol_frames() {
     .await
     .expect("garbage test ran past its deadline");
 }
+
+/// Every tool says truthfully what it does to the world. Codex 0.171 runs a tool without
+/// asking (e.g. under `codex exec`) only if readOnlyHint is true, or destructiveHint and
+/// openWorldHint are both false; a missing hint counts as true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_is_annotated_so_codex_runs_it_without_approval() {
+    tokio::time::timeout(DEADLINE, async {
+        let h = Home::new();
+        let c = connect(&h, &[]).await;
+        let tools = c.list_all_tools().await.unwrap();
+        // (read only, idempotent) per tool; none is destructive or open-world.
+        let want: &[(&str, bool, bool)] = &[
+            ("whoami", true, true),
+            ("roster", true, true),
+            ("status", true, true),
+            ("register", false, true),
+            ("ack", false, true),
+            ("send", false, false),
+            ("inbox", false, false),
+            ("wait", false, false),
+        ];
+        assert_eq!(tools.len(), want.len());
+        for (name, read_only, idempotent) in want {
+            let t = tools
+                .iter()
+                .find(|t| t.name == *name)
+                .unwrap_or_else(|| panic!("no tool {name}"));
+            let a = t
+                .annotations
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name} has no annotations"));
+            let got = (
+                a.read_only_hint,
+                a.destructive_hint,
+                a.idempotent_hint,
+                a.open_world_hint,
+            );
+            assert_eq!(
+                got,
+                (
+                    Some(*read_only),
+                    Some(false),
+                    Some(*idempotent),
+                    Some(false)
+                ),
+                "{name}"
+            );
+            // Codex's rule, as it decides.
+            let runs_unasked = a.read_only_hint == Some(true)
+                || (a.destructive_hint == Some(false) && a.open_world_hint == Some(false));
+            assert!(runs_unasked, "{name}");
+        }
+        c.cancel().await.unwrap();
+    })
+    .await
+    .expect("annotation test ran past its deadline");
+}
+
+const T1: &str = "019b0000-0000-7000-8000-00000000000a";
+const T2: &str = "019b0000-0000-7000-8000-00000000000b";
+const T3: &str = "019b0000-0000-7000-8000-00000000000c";
+
+/// Two Codex sessions share one app-server, so one `relay mcp` serves both: each
+/// `tools/call` acts as the session its `_meta` names, not as the process's binding or
+/// whoever called register first. `--as` still wins.
+#[test]
+fn one_mcp_process_acts_for_each_session_its_requests_name() {
+    let h = Home::new();
+    for (name, id) in [("codex-a", T1), ("codex-b", T2)] {
+        h.json(&["register", name, "--id", id, "--kind", "codex"]);
+    }
+    h.register("bob");
+    let mut m = common::mcp::Mcp::start_client(&h, None, "codex-mcp-client");
+    for t in [T1, T2, T1] {
+        let (e, who) = m.tool_meta("whoami", json!({}), common::mcp::codex_meta(t));
+        assert!(!e, "{who}");
+        assert_eq!(
+            (who["endpoint"]["id"].as_str(), who["source"].as_str()),
+            (Some(t), Some("request"))
+        );
+        let (e, sent) = m.tool_meta(
+            "send",
+            json!({"to": "bob", "body": format!("from {t}")}),
+            common::mcp::codex_meta(t),
+        );
+        assert!(!e, "{sent}");
+    }
+    let inbox = h.json(&["inbox", "--as", "bob", "--peek"]);
+    let froms: Vec<(&str, &str)> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["from"].as_str().unwrap(), m["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        froms,
+        [
+            (T1, format!("from {T1}").as_str()),
+            (T2, format!("from {T2}").as_str()),
+            (T1, format!("from {T1}").as_str())
+        ]
+    );
+
+    // A session nobody registered (its hooks did not run) gets no one else's identity:
+    // the error names this session, the relay home relay mcp uses, and Codex's fix.
+    let (e, err) = m.tool_meta("whoami", json!({}), common::mcp::codex_meta(T3));
+    assert!(e, "{err}");
+    let msg = err["message"].as_str().unwrap();
+    let home = h.path().display().to_string();
+    assert!(
+        msg.contains(T3)
+            && msg.contains(&home)
+            && msg.contains("relay install codex")
+            && !msg.contains("relay install claude"),
+        "{msg}"
+    );
+    // Its register takes the session's own id, so its next calls find it again, and
+    // pins nothing for the other sessions.
+    let (e, reg) = m.tool_meta(
+        "register",
+        json!({"name": "codex-c"}),
+        common::mcp::codex_meta(T3),
+    );
+    assert!(!e, "{reg}");
+    assert_eq!(
+        (
+            reg["endpoint"]["id"].as_str(),
+            reg["endpoint"]["kind"].as_str()
+        ),
+        (Some(T3), Some("codex"))
+    );
+    let (_, who) = m.tool_meta("whoami", json!({}), common::mcp::codex_meta(T3));
+    assert_eq!(
+        (who["endpoint"]["name"].as_str(), who["source"].as_str()),
+        (Some("codex-c"), Some("request"))
+    );
+    let (_, who) = m.tool_meta("whoami", json!({}), common::mcp::codex_meta(T2));
+    assert_eq!(who["endpoint"]["id"], T2);
+    // A request without _meta has no session: not someone else's either.
+    let (e, _) = m.tool("whoami", json!({}));
+    assert!(e, "no _meta, no binding, no register: no identity");
+
+    // --as wins over the request.
+    let mut pinned = common::mcp::Mcp::start_client(&h, Some("bob"), "codex-mcp-client");
+    let (_, who) = pinned.tool_meta("whoami", json!({}), common::mcp::codex_meta(T1));
+    assert_eq!(
+        (who["endpoint"]["name"].as_str(), who["source"].as_str()),
+        (Some("bob"), Some("flag"))
+    );
+}
+
+/// whoami names the relay home relay mcp uses, and without an identity so does the error
+/// (the hooks may use another home); a client that is not Codex is not told to install
+/// Codex's hooks, nor Claude's when it is Codex.
+#[test]
+fn no_identity_names_the_relay_home_and_the_clients_own_agent() {
+    let h = Home::new();
+    let home = h.path().display().to_string();
+    let mut claude = common::mcp::Mcp::start_client(&h, None, "claude-code");
+    let (e, err) = claude.tool("whoami", json!({}));
+    assert!(e);
+    let msg = err["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&home)
+            && msg.contains("relay install claude")
+            && !msg.contains("install codex"),
+        "{msg}"
+    );
+    let mut codex = common::mcp::Mcp::start_client(&h, None, "codex-mcp-client");
+    let (_, err) = codex.tool("whoami", json!({}));
+    let msg = err["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&home)
+            && msg.contains("relay install codex")
+            && !msg.contains("install claude"),
+        "{msg}"
+    );
+    h.register("x");
+    let mut x = common::mcp::Mcp::start_client(&h, Some("x"), "codex-mcp-client");
+    let (_, who) = x.tool("whoami", json!({}));
+    assert_eq!(who["relay_home"], home);
+}

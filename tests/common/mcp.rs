@@ -131,3 +131,75 @@ impl Drop for Mcp {
         let _ = self.child.wait();
     }
 }
+
+impl Mcp {
+    /// Like [`Mcp::start`], but `initialize` names the client `client` (e.g. Codex's
+    /// `codex-mcp-client`), so the server can tell which agent it serves.
+    pub fn start_client(h: &Home, as_: Option<&str>, client: &str) -> Mcp {
+        let mut args = vec!["mcp"];
+        if let Some(a) = as_ {
+            args.extend(["--as", a]);
+        }
+        let mut child = h
+            .cmd(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn relay mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = Mcp {
+            child,
+            stdin,
+            lines,
+            next: 1_000_000,
+        };
+        m.send(
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":client,"version":"0"}}}),
+        );
+        m.response(0);
+        m.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+        m
+    }
+
+    /// [`Mcp::tool`] with `params._meta` set to `meta` (what Codex sends: threadId,
+    /// sessionId, x-codex-turn-metadata, ...).
+    pub fn tool_meta(&mut self, name: &str, args: Value, meta: Value) -> (bool, Value) {
+        let id = self.next;
+        self.next += 1;
+        self.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":name,"arguments":args,"_meta":meta}}));
+        let r = self.response(id);
+        let res = &r["result"];
+        let text = res["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"));
+        (
+            res["isError"] == json!(true),
+            serde_json::from_str(text).expect("tool text is JSON"),
+        )
+    }
+}
+
+/// The `_meta` Codex 0.171 sends with a `tools/call` of thread `thread` (REPORT §4).
+pub fn codex_meta(thread: &str) -> Value {
+    json!({
+        "callId": "call_1", "threadId": thread, "sessionId": thread,
+        "windowId": format!("{thread}:0"), "itemId": "fc_1", "progressToken": 0,
+        "x-codex-turn-metadata": {"session_id": thread, "thread_id": thread,
+            "model": "gpt-5.1", "turn_id": "t1", "turn_trigger": "exec",
+            "codex_version": "0.171.0"}
+    })
+}
