@@ -219,10 +219,10 @@ fn codex_uninstall_takes_out_relays_hook_trust_and_keeps_everyone_elses() {
     let hooks = f.codex_hooks();
     std::fs::create_dir_all(hooks.parent().unwrap()).unwrap();
     std::fs::write(&hooks, USER_HOOKS).unwrap();
-    let original = format!(
+    let original =
         "# mine\nmodel = \"gpt-5\"\n\n[hooks.state.\"/etc/codex/hooks.json:stop:1:0\"]\n\
-         trusted_hash = \"sha256:other-file\"\n"
-    );
+                    trusted_hash = \"sha256:other-file\"\n"
+            .to_string();
     std::fs::write(f.codex_toml(), &original).unwrap();
     f.run(&h, &["install", "codex"], None);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&hooks).unwrap()).unwrap();
