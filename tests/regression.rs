@@ -6,6 +6,8 @@ mod common;
 
 #[path = "regression/errors.rs"]
 mod errors;
+#[path = "regression/idle.rs"]
+mod idle;
 #[path = "regression/readers.rs"]
 mod readers;
 #[path = "regression/resources.rs"]

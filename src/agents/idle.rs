@@ -28,6 +28,8 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -182,6 +184,29 @@ pub fn wait(
     input: &[u8],
     err: &mut dyn Write,
 ) -> anyhow::Result<End> {
+    let mut recorded = None;
+    let end = wait_inner(store, home, agent, input, err, &mut recorded);
+    // A waiter that ends without injecting takes its record down (unless a newer one
+    // replaced it), so no sender is told the session can be injected.
+    if let (Some((id, me)), Ok(e)) = (&recorded, &end)
+        && !matches!(e, End::Injected(_) | End::Superseded)
+        && let Ok(_l) = lock(home, id)
+        && let Ok(Lookup::Found(now)) = store.lookup(id)
+        && waiter(&now) == Some(*me)
+    {
+        let _ = set_meta(store, id, WAITER_META, Value::Null);
+    }
+    end
+}
+
+fn wait_inner(
+    store: &dyn Store,
+    home: &Path,
+    agent: Agent,
+    input: &[u8],
+    err: &mut dyn Write,
+    recorded: &mut Option<(String, ProcessRef)>,
+) -> anyhow::Result<End> {
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| anyhow::anyhow!("hook payload is not the expected JSON: {e}"))?;
     names::check_id(&input.session_id)?;
@@ -202,6 +227,10 @@ pub fn wait(
         Lookup::Found(e) if e.id == input.session_id => e,
         _ => hook::ensure_session(store, agent, &input)?,
     };
+    let cancel = crate::store::Cancel::new();
+    let superseded = Arc::new(AtomicBool::new(false));
+    // Listening before recording ourselves: from then on a newer waiter may signal us.
+    on_terminate(cancel.clone(), superseded.clone())?;
     let id = endpoint.id.clone();
     {
         let _l = lock(home, &id)?;
@@ -219,9 +248,9 @@ pub fn wait(
             );
         }
         set_meta(store, &id, WAITER_META, json!(me))?;
+        *recorded = Some((id.clone(), me));
     }
-    let cancel = crate::store::Cancel::new();
-    let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gone = Arc::new(AtomicBool::new(false));
     watch_agent(agent_proc.process, cancel.clone(), gone.clone());
     let deadline = Instant::now() + MAX_WAIT;
     loop {
@@ -244,7 +273,9 @@ pub fn wait(
             &cancel,
         )?;
         if cancel.is_cancelled() {
-            return Ok(if gone.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(if superseded.load(Ordering::SeqCst) {
+                End::Superseded
+            } else if gone.load(Ordering::SeqCst) {
                 End::AgentGone
             } else {
                 End::TimedOut
@@ -294,17 +325,45 @@ pub fn wait(
     }
 }
 
+/// Cancels `cancel` (and sets `superseded`) on SIGTERM, which is how a newer waiter ends
+/// this one: it then exits 0 like any waiter with nothing to say, not 143, which an agent
+/// could report as a failed hook. Returns once the handler is in place.
+fn on_terminate(cancel: crate::store::Cancel, superseded: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let (ready, installed) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return drop(ready.send(Err(e.to_string()))),
+        };
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    let _ = ready.send(Ok(()));
+                    term.recv().await;
+                    superseded.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+                Err(e) => drop(ready.send(Err(e.to_string()))),
+            }
+        });
+    });
+    installed
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the SIGTERM listener did not start"))?
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))
+}
+
 /// Cancels `cancel` when the agent process `p` exits, watched through a pidfd (no
 /// polling). A pidfd opened for a reused pid is caught by re-checking the start time after
 /// opening it.
-fn watch_agent(
-    p: ProcessRef,
-    cancel: crate::store::Cancel,
-    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+fn watch_agent(p: ProcessRef, cancel: crate::store::Cancel, gone: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let end = |gone_now: bool| {
-            gone.store(gone_now, std::sync::atomic::Ordering::SeqCst);
+            gone.store(gone_now, Ordering::SeqCst);
             cancel.cancel();
         };
         let Some(pid) = rustix::process::Pid::from_raw(p.pid as i32) else {

@@ -14,6 +14,8 @@ pub struct Stat {
     pub ppid: u32,
     /// Command name (`comm`, at most 15 bytes).
     pub comm: String,
+    /// State letter (field 3): `R`, `S`, `D`, … `Z` for a zombie, `X` for dead.
+    pub state: char,
 }
 
 /// Parses the contents of `/proc/<pid>/stat`. `comm` may hold spaces and parentheses, so
@@ -24,12 +26,14 @@ pub fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
     let comm = text.get(open + 1..close)?.to_string();
     // After ") ": state(3) ppid(4) ... starttime(22) → indexes 0, 1, ..., 19.
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
     let ppid = rest.get(1)?.parse().ok()?;
     let start = rest.get(19)?.parse().ok()?;
     Some(Stat {
         process: ProcessRef { pid, start },
         ppid,
         comm,
+        state,
     })
 }
 
@@ -44,9 +48,11 @@ pub fn current() -> Option<Stat> {
     stat(std::process::id())
 }
 
-/// True while the process named by `p` runs (same pid *and* start time).
+/// True while the process named by `p` runs (same pid *and* start time). A zombie — exited,
+/// not yet reaped, as an orphan can stay for a while in a container whose init is slow to
+/// reap — is not running.
 pub fn alive(p: ProcessRef) -> bool {
-    stat(p.pid).is_some_and(|s| s.process.start == p.start)
+    stat(p.pid).is_some_and(|s| s.process.start == p.start && !matches!(s.state, 'Z' | 'X'))
 }
 
 /// The ancestors of this process, parent first, up to (not including) pid 1.
