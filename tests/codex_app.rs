@@ -39,6 +39,16 @@ struct Request {
 struct Log {
     requests: Mutex<Vec<Request>>,
     changed: Condvar,
+    /// Requests carrying MARKER-SLOW are answered only once this is set (or after 20 s),
+    /// so a turn stays running while the test looks at it.
+    released: Mutex<bool>,
+}
+
+impl Log {
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
 }
 
 impl Log {
@@ -161,6 +171,17 @@ fn serve(conn: TcpStream, log: &Log) {
         body: String::from_utf8_lossy(&body).into_owned(),
     });
     log.changed.notify_all();
+    if String::from_utf8_lossy(&body).contains("MARKER-SLOW") {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut g = log.released.lock().unwrap();
+        while !*g && Instant::now() < end {
+            g = log
+                .changed
+                .wait_timeout(g, end.saturating_duration_since(Instant::now()))
+                .unwrap()
+                .0;
+        }
+    }
     let n = log.requests.lock().unwrap().len();
     let text = format!("STAND-IN REPLY {n}");
     let events = [
@@ -496,6 +517,74 @@ fn real_codex_daemon_runs_injected_mail_as_a_turn_in_that_session() {
     relay::agents::idle::settle_injected(&store, &now).unwrap();
     assert_eq!(store.receipt(&id).unwrap().state, State::Acked);
     tui.wait_note("turn/completed", &tid);
+
+    // `relay wake` of the session, bound (as its hooks bind it) to the daemon process,
+    // which outlives any TUI: not "running" for that, but idle in the daemon, so the wake
+    // is a turn carrying the mail.
+    let pidfile: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("app-server-daemon").join("daemon.pid")).unwrap(),
+    )
+    .unwrap();
+    let daemon_pid = pidfile["pid"].as_u64().unwrap() as u32;
+    assert!(codex_app::is_app_server(daemon_pid));
+    store
+        .register(&Registration {
+            id: Some(tid.clone()),
+            pid: Some(daemon_pid),
+            pid_start: relay::agents::procfs::stat(daemon_pid).map(|s| s.process.start),
+            ..Registration::default()
+        })
+        .unwrap();
+    let id3 = send(&tid, "MARKER-WAKE-4");
+    let relay_wake = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
+        c.arg("wake")
+            .args(args)
+            .env("RELAY_HOME", &relay_home)
+            .env("CODEX_HOME", &home)
+            .env("RELAY_LOG", "warn")
+            .env_remove("RELAY_AS");
+        run_bounded(c, Duration::from_secs(30))
+    };
+    let (ok, out) = relay_wake(&[&tid, "--json"]);
+    assert!(ok, "relay wake: {out}");
+    let doc: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(doc["via"], "inject", "{doc}");
+    assert_eq!(doc["injected"], json!([id3.clone()]), "{doc}");
+    let wake_turn = doc["turn"]["turn_id"].as_str().unwrap().to_string();
+    let req = standin
+        .log
+        .wait_for(Duration::from_secs(20), |r| {
+            r.body.contains("MARKER-WAKE-4")
+        })
+        .expect("the stand-in model received the woken mail");
+    assert_eq!(req.thread_id.as_deref(), Some(tid.as_str()));
+    let note = tui.wait_note("turn/completed", &tid);
+    assert_eq!(note["params"]["turn"]["id"], wake_turn.as_str());
+
+    // While a turn runs, the session is at work: wake refuses, and an injection joins the
+    // running turn.
+    let slow = codex_app::inject(&home, &tid, "MARKER-SLOW", Duration::from_secs(10)).unwrap();
+    standin
+        .log
+        .wait_for(Duration::from_secs(20), |r| r.body.contains("MARKER-SLOW"))
+        .expect("the slow turn reached the model");
+    assert_eq!(
+        codex_app::codex_presence(&home, &tid),
+        Presence::Held { running: true }
+    );
+    let (ok, out) = relay_wake(&[&tid]);
+    assert!(!ok && out.contains("is running"), "{out}");
+    let joined = codex_app::inject(&home, &tid, "MARKER-JOIN", Duration::from_secs(10)).unwrap();
+    assert!(joined.joined_running);
+    assert_eq!(joined.turn_id, slow.turn_id);
+    standin.log.release();
+    standin
+        .log
+        .wait_for(Duration::from_secs(20), |r| r.body.contains("MARKER-JOIN"))
+        .expect("the joined text reached the model in the running turn");
+    let note = tui.wait_note("turn/completed", &tid);
+    assert_eq!(note["params"]["turn"]["id"], slow.turn_id.as_str());
 
     // Mail for a session the daemon does not hold: an error, and the mail is pending again.
     let gone = reg(unknown, Kind::Codex);

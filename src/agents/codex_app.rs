@@ -742,18 +742,34 @@ pub fn deliver_pending(
     codex_home: &Path,
     timeout: Duration,
 ) -> anyhow::Result<Option<Vec<String>>> {
+    Ok(deliver(store, endpoint, codex_home, timeout)?.map(|(shown, _)| shown))
+}
+
+/// [`deliver_pending`], also returning the turn.
+///
+/// # Errors
+/// As [`deliver_pending`].
+pub fn deliver(
+    store: &dyn Store,
+    endpoint: &Endpoint,
+    codex_home: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Option<(Vec<String>, Injected)>> {
     let pending = super::hook::peek(store, endpoint)?;
     let Some(block) = super::hook::mail(store, endpoint, pending, super::idle::INJECT_LEASE)?
     else {
         return Ok(None);
     };
     let text = turn_text(&block.text);
-    if let Err(e) = inject(codex_home, &endpoint.id, &text, timeout) {
-        if !block.shown.is_empty() {
-            store.release(&endpoint.id, &block.shown)?;
+    let turn = match inject(codex_home, &endpoint.id, &text, timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            if !block.shown.is_empty() {
+                store.release(&endpoint.id, &block.shown)?;
+            }
+            return Err(e.into());
         }
-        return Err(e.into());
-    }
+    };
     if !block.shown.is_empty() {
         store.mark_injected(&endpoint.id, &block.shown)?;
         let now = match store.lookup(&endpoint.id)? {
@@ -774,7 +790,7 @@ pub fn deliver_pending(
             ..Registration::default()
         })?;
     }
-    Ok(Some(block.shown))
+    Ok(Some((block.shown, turn)))
 }
 
 #[cfg(test)]

@@ -4,6 +4,16 @@
 //! - Claude Code: `claude -p --resume <uuid> --output-format json -- <nudge>`
 //! - Codex: `codex exec resume <uuid> --json -- <nudge>`
 //!
+//! A Codex session is not dormant just because nothing else runs it: its TUI runs the
+//! session inside the shared app-server daemon of its `CODEX_HOME`, which outlives the TUI
+//! and is the process relay's hooks bind to (they run as its children). So for Codex the
+//! bound process being alive says nothing when it is that daemon (`codex app-server` on its
+//! command line); [`state`] asks the daemon instead ([`codex_app::codex_presence`]): a
+//! thread with a running turn is at work, an idle thread the daemon holds is woken *in
+//! place* by a turn carrying its mail ([`Via::Inject`]), and only a thread no daemon holds
+//! is resumed headlessly. Measured on 0.171: the daemon unloads a thread about a minute
+//! after its last client (the TUI) left, so "held" means a TUI is attached or just left.
+//!
 //! Run in the session's working directory (refused when it no longer exists), as an argv
 //! — never through a shell — with `--` before the message, for UUID session ids only. The
 //! agent program is found on `PATH` *before* changing into that directory, in absolute
@@ -24,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Agent, claude, codex};
-use crate::store::{Endpoint, names};
+use super::{Agent, claude, codex, codex_app};
+use crate::store::{Endpoint, Kind, Store, names};
 
 /// Default nudge sent to the woken session.
 pub const DEFAULT_NUDGE: &str = "relay: you have new mail from other sessions. Read it with \
@@ -161,15 +171,31 @@ pub fn find_program(program: &str, path: Option<&OsStr>) -> Result<PathBuf, Erro
     })
 }
 
+/// How a wake reaches the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// Headless resume: the agent program runs in the session's directory.
+    Resume,
+    /// A turn started in the idle session held by Codex's app-server (no program runs).
+    Inject,
+}
+
 /// What a wake would run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invocation {
     /// Which agent.
     pub agent: Agent,
-    /// The argv, program first (an absolute path once [`run`] found it on `PATH`).
+    /// How the session is reached.
+    pub via: Via,
+    /// The argv, program first (an absolute path once [`run`] found it on `PATH`); empty
+    /// for [`Via::Inject`].
     pub argv: Vec<String>,
-    /// The directory it runs in.
+    /// The directory it runs in (for [`Via::Inject`], the session's recorded directory).
     pub cwd: PathBuf,
+    /// The `CODEX_HOME` whose daemon holds the session, for [`Via::Inject`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codex_home: Option<PathBuf>,
 }
 
 /// What a wake did.
@@ -192,6 +218,27 @@ pub struct Report {
     pub stdout_tail: String,
     /// The end of the child's stderr (at most 4 KiB).
     pub stderr_tail: String,
+    /// [`Via::Inject`]: the turn started (or joined) in the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<codex_app::Injected>,
+    /// [`Via::Inject`]: the mail ids the turn carried (empty: it carried the nudge).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injected: Vec<String>,
+    /// [`Via::Inject`]: why no turn was started (the mail is pending again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// True when the wake did its job: planned only, the agent exited 0, or a turn was
+    /// injected.
+    pub fn ok(&self) -> bool {
+        self.dry_run
+            || match self.invocation.via {
+                Via::Resume => self.exit_code == Some(0),
+                Via::Inject => self.turn.is_some(),
+            }
+    }
 }
 
 /// The session's agent process, when it still runs (same pid and start time).
@@ -203,11 +250,81 @@ pub fn running(e: &Endpoint) -> Option<u32> {
     super::procfs::alive(p).then_some(p.pid)
 }
 
-/// Plans the wake of `e` with `nudge`: checks kind, id and working directory.
+/// Whether a session is at work, idle in a daemon, or dormant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum State {
+    /// At work: its own agent process runs (Claude Code, a Codex process that is not the
+    /// app-server), or Codex's daemon runs a turn in it (or cannot be asked while the bound
+    /// process lives). Mail reaches it through its hooks.
+    AtWork {
+        /// The bound agent process, if it runs.
+        pid: Option<u32>,
+    },
+    /// A Codex session its app-server holds with no turn running: woken in place.
+    HeldIdle,
+    /// Nothing runs it: woken by a headless resume.
+    Dormant,
+}
+
+/// The user's home (`$HOME`), where `~/.codex` is looked for.
+fn user_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The `CODEX_HOME` whose daemon may hold Codex sessions: `$CODEX_HOME`, else
+/// `~/.codex` ([`codex::home_dir`]).
+pub fn codex_home() -> PathBuf {
+    codex::home_dir(&user_home())
+}
+
+/// The pid the daemon of `codex_home` recorded (`app-server-daemon/daemon.pid`, JSON
+/// `{"pid": …}` in 0.171), if that file is readable.
+fn daemon_pid(codex_home: &Path) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(codex_home.join("app-server-daemon").join("daemon.pid")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    u32::try_from(v.get("pid")?.as_u64()?).ok()
+}
+
+/// The state of `e` (see the module docs). For Codex sessions this asks the daemon of
+/// `codex_home` (at most [`codex_app::PRESENCE_TIMEOUT`]) unless the bound process runs
+/// and is not an app-server. A daemon that cannot be asked counts as at work while the
+/// bound process lives (a headless resume beside a daemon that may hold the thread would
+/// run one session twice), else as dormant.
+pub fn state(e: &Endpoint, codex_home: &Path) -> State {
+    let pid = running(e);
+    if e.kind != Kind::Codex || pid.is_some_and(|p| !codex_app::is_app_server(p)) {
+        return match pid {
+            Some(_) => State::AtWork { pid },
+            None => State::Dormant,
+        };
+    }
+    match codex_app::codex_presence(codex_home, &e.id) {
+        codex_app::Presence::Held { running: true } => State::AtWork { pid },
+        codex_app::Presence::Held { running: false } => State::HeldIdle,
+        codex_app::Presence::NotHeld => State::Dormant,
+        codex_app::Presence::Unknown if pid.is_some() => State::AtWork { pid },
+        codex_app::Presence::Unknown => State::Dormant,
+    }
+}
+
+/// Plans the wake of `e` with `nudge`: checks kind, id, [`state`] (with the
+/// [`codex_home`] of this environment) and working directory.
 ///
 /// # Errors
-/// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::NoCwd`].
+/// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::Running`], [`Error::NoCwd`].
 pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
+    invocation_in(e, nudge, &codex_home())
+}
+
+/// [`invocation`] with Codex sessions looked up in the daemon of `codex_home`.
+///
+/// # Errors
+/// As [`invocation`].
+pub fn invocation_in(e: &Endpoint, nudge: &str, codex_home: &Path) -> Result<Invocation, Error> {
     let name = e.display_name().to_string();
     let agent = Agent::of_kind(e.kind).ok_or_else(|| Error::NotAgent {
         name: name.clone(),
@@ -219,9 +336,30 @@ pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
             id: e.id.clone(),
         });
     }
-    if let Some(pid) = running(e) {
-        return Err(Error::Running { name, pid });
+    match state(e, codex_home) {
+        State::AtWork { pid } => {
+            return Err(Error::Running {
+                name,
+                pid: pid.or_else(|| daemon_pid(codex_home)).unwrap_or(0),
+            });
+        }
+        State::HeldIdle => {
+            return Ok(Invocation {
+                agent,
+                via: Via::Inject,
+                argv: Vec::new(),
+                cwd: e.cwd.as_deref().map(PathBuf::from).unwrap_or_default(),
+                codex_home: Some(codex_home.to_path_buf()),
+            });
+        }
+        State::Dormant => {}
     }
+    resume_plan(e, agent, nudge)
+}
+
+/// The headless resume of `e` by `agent`.
+fn resume_plan(e: &Endpoint, agent: Agent, nudge: &str) -> Result<Invocation, Error> {
+    let name = e.display_name().to_string();
     let cwd = e
         .cwd
         .as_deref()
@@ -235,7 +373,13 @@ pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
         Agent::Claude => claude::resume_argv(&e.id, nudge),
         Agent::Codex => codex::resume_argv(&e.id, nudge),
     };
-    Ok(Invocation { agent, argv, cwd })
+    Ok(Invocation {
+        agent,
+        via: Via::Resume,
+        argv,
+        cwd,
+        codex_home: None,
+    })
 }
 
 /// The lock file for waking `endpoint_id`, under `relay_home`.
@@ -283,11 +427,61 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-/// Wakes `e`: finds the agent on `PATH` ([`find_program`]), takes the lock (or, with
-/// `wait_for_lock`, waits for a running wake to end first), runs the agent in the session's
-/// directory with `RELAY_AS` set to the session,
-/// waits at most `timeout` (then kills its whole process group), and reports the exit
-/// status. With `dry_run`, only plans.
+/// Injects into a Codex session its daemon holds idle, under the wake lock: with `store`,
+/// its pending mail ([`codex_app::deliver`]); with no mail pending (or no store), `nudge`.
+/// `None` when the daemon no longer holds the session (nothing was injected).
+fn inject(
+    relay_home: &Path,
+    e: &Endpoint,
+    nudge: &str,
+    timeout: Duration,
+    wait_for_lock: bool,
+    store: Option<&dyn Store>,
+    mut report: Report,
+) -> Result<Option<Report>, Error> {
+    let lock = lock(relay_home, e, wait_for_lock)?;
+    let start = Instant::now();
+    let home = report
+        .invocation
+        .codex_home
+        .clone()
+        .unwrap_or_else(codex_home);
+    let delivered = match store {
+        Some(s) => codex_app::deliver(s, e, &home, timeout),
+        None => Ok(None),
+    };
+    let not_held = |err: &anyhow::Error| {
+        matches!(
+            err.downcast_ref::<codex_app::Error>(),
+            Some(codex_app::Error::NotHeld { .. })
+        )
+    };
+    match delivered {
+        Ok(Some((shown, turn))) => {
+            report.injected = shown;
+            report.turn = Some(turn);
+        }
+        Ok(None) => match codex_app::inject(&home, &e.id, nudge, timeout) {
+            Ok(turn) => report.turn = Some(turn),
+            Err(codex_app::Error::NotHeld { .. }) => return Ok(None),
+            Err(err) => report.error = Some(err.to_string()),
+        },
+        // The daemon let the thread go since it was asked: resume it headlessly.
+        Err(err) if not_held(&err) => return Ok(None),
+        Err(err) => report.error = Some(format!("{err:#}")),
+    }
+    drop(lock);
+    report.duration_ms = start.elapsed().as_millis() as u64;
+    Ok(Some(report))
+}
+
+/// Wakes `e`. A session a Codex daemon holds idle ([`Via::Inject`]) gets a turn in place:
+/// its pending mail from `store` (see [`codex_app::deliver`]), else `nudge`; a failure is
+/// reported in [`Report::error`] and the mail stays pending. Otherwise finds the agent on
+/// `PATH` ([`find_program`]), takes the lock (or, with `wait_for_lock`, waits for a running
+/// wake to end first), runs the agent in the session's directory with `RELAY_AS` set to the
+/// session, waits at most `timeout` (then kills its whole process group), and reports the
+/// exit status. With `dry_run`, only plans.
 ///
 /// # Errors
 /// Any [`Error`].
@@ -298,8 +492,31 @@ pub fn run(
     timeout: Duration,
     dry_run: bool,
     wait_for_lock: bool,
+    store: Option<&dyn Store>,
 ) -> Result<Report, Error> {
     let mut invocation = invocation(e, nudge)?;
+    if invocation.via == Via::Inject {
+        let report = Report {
+            endpoint_id: e.id.clone(),
+            invocation,
+            dry_run,
+            exit_code: None,
+            timed_out: false,
+            duration_ms: 0,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            turn: None,
+            injected: Vec::new(),
+            error: None,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        match inject(relay_home, e, nudge, timeout, wait_for_lock, store, report)? {
+            Some(report) => return Ok(report),
+            None => invocation = resume_plan(e, Agent::Codex, nudge)?,
+        }
+    }
     // Resolved here, in relay's own directory: the child's PATH search would run after
     // its chdir into the session's directory.
     let program = find_program(&invocation.argv[0], std::env::var_os("PATH").as_deref())?;
@@ -313,6 +530,9 @@ pub fn run(
         duration_ms: 0,
         stdout_tail: String::new(),
         stderr_tail: String::new(),
+        turn: None,
+        injected: Vec::new(),
+        error: None,
     };
     if dry_run {
         return Ok(report);

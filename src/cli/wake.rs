@@ -12,8 +12,11 @@ use crate::store::Store;
     after_help = "Runs, in the session's working directory and without a shell:
   Claude Code: claude -p --resume <id> --output-format json -- <message>
   Codex:       codex exec resume <id> --json -- <message>
-One wake per session at a time (a second one is refused with 'wake in progress'). Exit 0
-when the agent exited 0; 1 when it failed or timed out."
+A Codex session that its app-server daemon ($CODEX_HOME, else ~/.codex) still holds idle is
+woken in place instead: a turn in that session carries its pending mail (or <message> when
+none is pending). One that runs a turn is at work and refused. One wake per session at a
+time (a second one is refused with 'wake in progress'). Exit 0 when the agent exited 0 or
+the turn started; 1 when it failed or timed out."
 )]
 pub struct Args {
     /// The session: name, id or unique id prefix.
@@ -44,11 +47,33 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         a.timeout,
         a.dry_run,
         a.after_running,
+        Some(&store),
     )?;
-    let ok = report.dry_run || report.exit_code == Some(0);
+    let ok = report.ok();
     output::emit_outcome(ctx.json, &report, ok, || {
         let argv = report.invocation.argv.join(" ");
         let cwd = report.invocation.cwd.display();
+        if report.invocation.via == wake::Via::Inject {
+            let name = target.display_name();
+            return match (report.dry_run, &report.turn, &report.error) {
+                (true, _, _) => {
+                    format!("would start a turn in {name}, idle in its Codex app-server")
+                }
+                (false, Some(t), _) if report.injected.is_empty() => format!(
+                    "woke {name} in place: turn {} in its Codex app-server (the nudge; no mail was pending)",
+                    t.turn_id
+                ),
+                (false, Some(t), _) => format!(
+                    "woke {name} in place: turn {} in its Codex app-server carries {} message(s)",
+                    t.turn_id,
+                    report.injected.len()
+                ),
+                (false, None, e) => format!(
+                    "could not wake {name} in place: {}",
+                    e.as_deref().unwrap_or("unknown error")
+                ),
+            };
+        }
         if report.dry_run {
             return format!("would run in {cwd}:\n  {argv}");
         }
