@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relay::standin::{Recorded, Reply, Script, has_tool_result, last_user_text};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{self, wait_until};
 use crate::harness::*;
@@ -328,5 +328,106 @@ fn g_install_then_uninstall_is_byte_identical() {
         String::from_utf8(before_s).unwrap(),
         "settings.json is byte-identical after install + uninstall"
     );
-    let _ = Value::Null;
+}
+
+/// The answer the scripted model gives to injected mail `ping-N`: send `pong-N` back.
+fn pong_for(r: &Recorded) -> Option<String> {
+    let t = last_user_text(&r.body);
+    if !t.contains("new mail arrived while this session was idle") {
+        return None;
+    }
+    let ping = t.split_whitespace().find(|w| w.starts_with("ping-"))?;
+    Some(ping.replacen("ping-", "pong-", 1))
+}
+
+#[test]
+fn f_an_idle_session_gets_mail_in_place_and_answers_it() {
+    let Some(bin) = client("claude") else { return };
+    let w = installed(|_| {
+        Box::new(|r: &Recorded| {
+            if !is_main(r) {
+                return text("title");
+            }
+            let last = last_user_text(&r.body);
+            if has_tool_result(&r.body) && !last.contains("ping-") {
+                return text("answered");
+            }
+            match pong_for(r) {
+                Some(pong) => send_call("asker", &pong),
+                None => text("hello there"),
+            }
+        })
+    });
+    w.relay_json(&["register", "asker"]);
+    let tmux = Tmux::start(&w.claude(&bin, &["--allowedTools", ALLOW]));
+    wait_until(
+        "the session registered by SessionStart",
+        Duration::from_secs(30),
+        || !w.sessions("claude-code").is_empty(),
+    );
+    let session = w.sessions("claude-code")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tmux.wait_screen("the prompt box", "\u{276f}", Duration::from_secs(30));
+    tmux.type_line("first prompt");
+    w.model
+        .wait_for(
+            |r| is_main(r) && last_user_text(&r.body).contains("first prompt"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "the first prompt reached the model; screen:\n{}",
+                tmux.screen()
+            )
+        });
+    let waiters = || processes(&["hook", "claude", "idle"], &w.relay.path());
+    for round in 1..=4 {
+        // Idle: its waiter is up.
+        wait_until("the idle waiter", Duration::from_secs(30), || {
+            !waiters().is_empty()
+        });
+        let ping = format!("ping-{round}");
+        let t0 = Instant::now();
+        w.relay_json(&["send", &session, "--as", "asker", &ping]);
+        let woken = w
+            .model
+            .wait_for(
+                |r| is_main(r) && r.at >= t0 && last_user_text(&r.body).contains(&ping),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| {
+                panic!(
+                    "{ping} did not reach the model within 10 s; screen:\n{}",
+                    tmux.screen()
+                )
+            });
+        let s = string_with(&woken, &ping);
+        assert!(s.contains("<relay-mail"), "fenced: {s}");
+        assert!(
+            s.contains("new mail arrived while this session was idle"),
+            "woken by the idle waiter: {s}"
+        );
+        eprintln!("round {round}: injected after {:?}", woken.at - t0);
+        let pong = format!("pong-{round}");
+        wait_until(
+            "the answer in the asker's inbox",
+            Duration::from_secs(30),
+            || w.inbox("asker").iter().any(|m| m["body"] == pong.as_str()),
+        );
+    }
+    wait_until(
+        "the idle waiter after the last turn",
+        Duration::from_secs(30),
+        || !waiters().is_empty(),
+    );
+    assert_eq!(
+        waiters().len(),
+        1,
+        "exactly one idle waiter remains: {:?}",
+        waiters()
+    );
+    w.dump("f_idle");
+    drop(tmux);
 }

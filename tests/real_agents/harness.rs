@@ -260,11 +260,6 @@ impl World {
     }
 }
 
-/// The whole request body as text (for "does the request contain X anywhere").
-pub fn text_of(r: &Recorded) -> String {
-    r.body.to_string()
-}
-
 /// Whether this request is a turn of the main conversation (it offers tools), not a side
 /// request such as a title or a quota probe.
 pub fn is_main(r: &Recorded) -> bool {
@@ -384,6 +379,22 @@ impl Tmux {
         assert_eq!(r.code, 0, "tmux send-keys failed: {}", r.stderr);
         let r = self.tmux(&["send-keys", "-t", &self.name, "Enter"]);
         assert_eq!(r.code, 0, "tmux send-keys failed: {}", r.stderr);
+    }
+
+    /// Waits (bounded) until the pane shows `needle`; panics with the screen otherwise.
+    pub fn wait_screen(&self, what: &str, needle: &str, deadline: Duration) {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{what} did not show within {deadline:?}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// What the pane shows now.
