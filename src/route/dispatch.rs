@@ -124,6 +124,10 @@ pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, 
     for (p, receipt) in plans.into_iter().zip(receipts) {
         out.push(match p.decision {
             Decision::Live => carry_live(store, &p, receipt, out.len(), &mut probes, &mut conns),
+            Decision::Inject => Carried {
+                sent: carry_inject(store, &p.msg.to, receipt),
+                receipt_is_request: false,
+            },
             route => Carried {
                 sent: Sent {
                     route,
@@ -447,9 +451,54 @@ fn guard(
 }
 
 /// An idle agent session with an in-session channel: a Claude Code session whose idle
-/// waiter runs (`relay hook claude idle`).
+/// waiter runs (`relay hook claude idle`), or a Codex thread its app-server daemon holds
+/// with no turn running (asked over the daemon's control socket, bounded by
+/// [`crate::agents::codex_app::PRESENCE_TIMEOUT`]).
 fn injectable(e: &Endpoint) -> bool {
-    e.kind == store::Kind::ClaudeCode && crate::agents::idle::waiter(e).is_some()
+    match e.kind {
+        store::Kind::ClaudeCode => crate::agents::idle::waiter(e).is_some(),
+        store::Kind::Codex => codex_home().is_some_and(|home| {
+            crate::agents::codex_app::codex_presence(&home, &e.id)
+                == crate::agents::codex_app::Presence::Held { running: false }
+        }),
+        _ => false,
+    }
+}
+
+/// `$CODEX_HOME`, else `~/.codex`; `None` without a home directory.
+fn codex_home() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(crate::agents::codex::home_dir(Path::new(&home)))
+}
+
+/// How long a sender waits for a Codex app-server to take an injected turn.
+const CODEX_INJECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Carries out `inject` for a Codex session: its pending mail, this message included, goes
+/// in as a turn through its app-server. A Claude Code session needs nothing here: the
+/// enqueue rang its doorbell and its idle waiter injects. If the app-server refuses, the
+/// mail stays in the mailbox and the route says so.
+fn carry_inject(store: &dyn Store, target: &str, receipt: Receipt) -> Sent {
+    let route = match (store.lookup(target), codex_home()) {
+        (Ok(Lookup::Found(e)), Some(home)) if e.kind == store::Kind::Codex => {
+            match crate::agents::codex_app::deliver_pending(store, &e, &home, CODEX_INJECT_TIMEOUT)
+            {
+                Ok(_) => Decision::Inject,
+                Err(err) => {
+                    tracing::warn!(
+                        "injecting into Codex session {target}: {err:#}; left in the mailbox"
+                    );
+                    Decision::Mailbox
+                }
+            }
+        }
+        _ => Decision::Inject,
+    };
+    Sent {
+        route,
+        receipt: store.receipt(&receipt.id).unwrap_or(receipt),
+        live: None,
+    }
 }
 
 /// False when the endpoint declared it never answers (`meta.replies == false`).
