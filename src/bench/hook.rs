@@ -1,6 +1,6 @@
-//! `relay bench hook`: what an agent pays per prompt for relay's hooks, cold process start
-//! included. Each sample spawns a fresh `relay hook claude user-prompt-submit` with a
-//! recorded payload and waits for it to exit.
+//! `relay bench hook`: what an agent pays per prompt and per tool call for relay's hooks,
+//! cold process start included. Each sample spawns a fresh `relay hook claude
+//! user-prompt-submit` (or `post-tool-use`) with a recorded payload and waits for it to exit.
 //!
 //! Baselines from the same run: spawning `/bin/true` (the floor for any hook) and
 //! `relay --version` (relay's own start-up, no store).
@@ -32,6 +32,10 @@ pub struct Report {
     pub hook_empty: Latency,
     /// UserPromptSubmit hook delivering one message.
     pub hook_one_message: Latency,
+    /// PostToolUse hook, empty inbox: what every tool call pays (goal: ≤ 2 ms p50).
+    pub post_tool_use_empty: Latency,
+    /// PostToolUse hook delivering one message.
+    pub post_tool_use_one_message: Latency,
 }
 
 const SESSION: &str = "0190f5a2-7b3c-7def-8abc-0123456789ab";
@@ -79,22 +83,15 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
     let payload = format!(
         "{{\"session_id\":\"{SESSION}\",\"cwd\":\"/tmp\",\"hook_event_name\":\"UserPromptSubmit\",\"prompt\":\"go\"}}"
     );
-    let hook = |home: &Path| {
+    let tool_payload = format!(
+        "{{\"session_id\":\"{SESSION}\",\"cwd\":\"/tmp\",\"hook_event_name\":\"PostToolUse\",\"tool_name\":\"Bash\",\"tool_input\":{{\"command\":\"ls\"}},\"tool_response\":{{\"stdout\":\"README.md\"}}}}"
+    );
+    let hook = |home: &Path, event: &str| {
         let mut c = Command::new(&exe);
-        c.args(["hook", "claude", "user-prompt-submit"])
-            .env("RELAY_HOME", home);
+        c.args(["hook", "claude", event]).env("RELAY_HOME", home);
         c
     };
-    let mut rows = [
-        Recorder::default(),
-        Recorder::default(),
-        Recorder::default(),
-        Recorder::default(),
-    ];
-    for _ in 0..n {
-        rows[0].record(time_spawn(&mut Command::new("true"), b"")?);
-        rows[1].record(time_spawn(Command::new(&exe).arg("--version"), b"")?);
-        rows[2].record(time_spawn(&mut hook(&home), payload.as_bytes())?);
+    let mail = || {
         store.enqueue(&NewMessage {
             from: sender.id.clone(),
             to: SESSION.into(),
@@ -105,8 +102,20 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
             body: b"build finished: 312 tests passed".to_vec(),
             expires_at: None,
             hold: None,
-        })?;
-        rows[3].record(time_spawn(&mut hook(&home), payload.as_bytes())?);
+        })
+    };
+    let mut rows: [Recorder; 6] = Default::default();
+    for _ in 0..n {
+        rows[0].record(time_spawn(&mut Command::new("true"), b"")?);
+        rows[1].record(time_spawn(Command::new(&exe).arg("--version"), b"")?);
+        let prompt = "user-prompt-submit";
+        rows[2].record(time_spawn(&mut hook(&home, prompt), payload.as_bytes())?);
+        mail()?;
+        rows[3].record(time_spawn(&mut hook(&home, prompt), payload.as_bytes())?);
+        let tool = "post-tool-use";
+        rows[4].record(time_spawn(&mut hook(&home, tool), tool_payload.as_bytes())?);
+        mail()?;
+        rows[5].record(time_spawn(&mut hook(&home, tool), tool_payload.as_bytes())?);
         tick();
     }
     Ok(Report {
@@ -116,6 +125,8 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
         baseline_relay_version: rows[1].latency(),
         hook_empty: rows[2].latency(),
         hook_one_message: rows[3].latency(),
+        post_tool_use_empty: rows[4].latency(),
+        post_tool_use_one_message: rows[5].latency(),
     })
 }
 
@@ -142,5 +153,7 @@ pub fn markdown(r: &Report, when: &str) -> String {
     s += &row("baseline: relay --version", &r.baseline_relay_version);
     s += &row("hook user-prompt-submit, empty inbox", &r.hook_empty);
     s += &row("hook user-prompt-submit, 1 message", &r.hook_one_message);
+    s += &row("hook post-tool-use, empty inbox", &r.post_tool_use_empty);
+    s += &row("hook post-tool-use, 1 message", &r.post_tool_use_one_message);
     s
 }
