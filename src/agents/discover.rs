@@ -5,7 +5,9 @@
 //! - Claude Code: `<config dir>/projects/*/<session uuid>.jsonl`; lines carry `sessionId`
 //!   and `cwd` (the first line that has `cwd` gives it).
 //! - Codex: `$CODEX_HOME/sessions/YYYY/MM/DD/rollout-*.jsonl`; the first line is
-//!   `{"type":"session_meta","payload":{"id":…,"cwd":…}}`.
+//!   `{"type":"session_meta","payload":{"id":…,"cwd":…}}`. Whether the shared app-server
+//!   daemon holds a session (and runs a turn in it) comes from the daemon itself
+//!   ([`codex_presence`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,31 @@ pub struct Session {
     pub registered_as: Option<String>,
     /// True when the session is registered with relay.
     pub registered: bool,
+    /// Codex sessions: what the app-server daemon of their `CODEX_HOME` says (held with or
+    /// without a running turn, not held), once [`codex_presence`] asked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<super::codex_app::Presence>,
+}
+
+/// Asks the Codex app-server daemon of `codex_home` about every Codex session in
+/// `sessions`, over one connection bounded by `timeout` in all, and records the answer in
+/// [`Session::presence`]. Read-only: `thread/loaded/list` and `thread/read` of loaded
+/// threads. Without a socket no connection is tried and every Codex session is
+/// [`super::codex_app::Presence::NotHeld`].
+pub fn codex_presence(sessions: &mut [Session], codex_home: &Path, timeout: Duration) {
+    let ids: Vec<&str> = sessions
+        .iter()
+        .filter(|s| s.tool == Agent::Codex)
+        .map(|s| s.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let found = super::codex_app::presences(codex_home, &ids, timeout);
+    let mut found = found.into_iter();
+    for s in sessions.iter_mut().filter(|s| s.tool == Agent::Codex) {
+        s.presence = found.next();
+    }
 }
 
 fn head(path: &Path) -> Option<String> {
@@ -199,6 +226,7 @@ fn session(tool: Agent, id: String, cwd: Option<String>, path: PathBuf, here: &P
         same_cwd,
         registered_as: None,
         registered: false,
+        presence: None,
     }
 }
 

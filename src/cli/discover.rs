@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Ctx, EXIT_OK, output, parse_duration};
+use crate::agents::codex_app::Presence;
 use crate::agents::{Agent, discover};
 use crate::store::{Lookup, Store};
 
@@ -12,8 +13,9 @@ use crate::store::{Lookup, Store};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Reads Claude Code transcripts ($CLAUDE_CONFIG_DIR or ~/.claude/projects) \
-and Codex sessions ($CODEX_HOME or ~/.codex/sessions); never writes to them. Sessions in the \
-current directory come first, then the most recent."
+and Codex sessions ($CODEX_HOME or ~/.codex/sessions); never writes to them. Codex sessions \
+its app-server daemon holds are marked idle or running (asked over its control socket, 2 s \
+at most). Sessions in the current directory come first, then the most recent."
 )]
 pub struct Args {
     /// Only sessions active within this long (e.g. 60m, 2h, 7d).
@@ -32,6 +34,11 @@ struct Doc {
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let home = super::install::env()?;
     let mut sessions = discover::scan(&home.home, &home.project, a.within, a.tool);
+    discover::codex_presence(
+        &mut sessions,
+        &crate::agents::codex::home_dir(&home.home),
+        crate::agents::codex_app::PRESENCE_TIMEOUT,
+    );
     // Mark registered sessions from an existing store, opened read-only: discover writes
     // nothing anywhere.
     if let Some(store) = crate::store::SqliteStore::open_read_only(&ctx.config)? {
@@ -57,8 +64,13 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             "TOOL", "SESSION", "RELAY NAME", "MODIFIED"
         );
         for x in &doc.sessions {
+            let held = match x.presence {
+                Some(Presence::Held { running: true }) => "  (running in the Codex app-server)",
+                Some(Presence::Held { running: false }) => "  (idle in the Codex app-server)",
+                _ => "",
+            };
             s.push_str(&format!(
-                "{:<7} {:<36} {:<18} {:<25} {}{}\n",
+                "{:<7} {:<36} {:<18} {:<25} {}{}{held}\n",
                 x.tool.name(),
                 x.id,
                 x.registered_as
