@@ -263,7 +263,14 @@ impl RelayServer {
             Some(a) => format!("`relay install {}`", a.name()),
             None => "`relay install claude` or `relay install codex`".into(),
         };
-        let agent = self.client.map_or("the agent", Agent::display);
+        let restart = match self.client {
+            Some(Agent::Codex) => {
+                "restart the Codex app-server daemon (`codex app-server daemon \
+                                   restart`) and the session"
+            }
+            Some(Agent::Claude) => "restart the Claude Code session",
+            None => "restart the agent (Codex: also `codex app-server daemon restart`)",
+        };
         let home = self.config.home.display();
         let mut text = String::from("no identity: ");
         if let Some(id) = self.request.first() {
@@ -286,8 +293,7 @@ impl RelayServer {
             "Call register with a name to get one now. To fix it for good: install relay's \
              hooks with {install}; if they are installed, relay mcp and the hooks may use \
              different relay homes: run {install} again from a shell where RELAY_HOME is set \
-             as the hooks see it, then restart {agent} (Codex: also `codex app-server daemon \
-             restart`). Or start relay mcp with --as NAME."
+             as the hooks see it, then {restart}. Or start relay mcp with --as NAME."
         ));
         text
     }
