@@ -267,17 +267,15 @@ pub enum State {
     Dormant,
 }
 
-/// The user's home (`$HOME`), where `~/.codex` is looked for.
-fn user_home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
 /// The `CODEX_HOME` whose daemon may hold Codex sessions: `$CODEX_HOME`, else
-/// `~/.codex` ([`codex::home_dir`]).
-pub fn codex_home() -> PathBuf {
-    codex::home_dir(&user_home())
+/// `$HOME/.codex` ([`codex::home_dir`]); `None` when neither is set (a relative
+/// `.codex` would depend on the working directory).
+pub fn codex_home() -> Option<PathBuf> {
+    if std::env::var_os("CODEX_HOME").is_some_and(|v| !v.is_empty()) {
+        return Some(codex::home_dir(Path::new("/")));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(codex::home_dir(Path::new(&home)))
 }
 
 /// The pid the daemon of `codex_home` recorded (`app-server-daemon/daemon.pid`, JSON
@@ -290,11 +288,11 @@ fn daemon_pid(codex_home: &Path) -> Option<u32> {
 }
 
 /// The state of `e` (see the module docs). For Codex sessions this asks the daemon of
-/// `codex_home` (at most [`codex_app::PRESENCE_TIMEOUT`]) unless the bound process runs
+/// `codex_home` (`None`: unknown; at most [`codex_app::PRESENCE_TIMEOUT`]) unless the bound process runs
 /// and is not an app-server. A daemon that cannot be asked counts as at work while the
 /// bound process lives (a headless resume beside a daemon that may hold the thread would
 /// run one session twice), else as dormant.
-pub fn state(e: &Endpoint, codex_home: &Path) -> State {
+pub fn state(e: &Endpoint, codex_home: Option<&Path>) -> State {
     let pid = running(e);
     if e.kind != Kind::Codex || pid.is_some_and(|p| !codex_app::is_app_server(p)) {
         return match pid {
@@ -302,7 +300,11 @@ pub fn state(e: &Endpoint, codex_home: &Path) -> State {
             None => State::Dormant,
         };
     }
-    match codex_app::codex_presence(codex_home, &e.id) {
+    let presence = match codex_home {
+        Some(h) => codex_app::codex_presence(h, &e.id),
+        None => codex_app::Presence::Unknown,
+    };
+    match presence {
         codex_app::Presence::Held { running: true } => State::AtWork { pid },
         codex_app::Presence::Held { running: false } => State::HeldIdle,
         codex_app::Presence::NotHeld => State::Dormant,
@@ -317,14 +319,18 @@ pub fn state(e: &Endpoint, codex_home: &Path) -> State {
 /// # Errors
 /// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::Running`], [`Error::NoCwd`].
 pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
-    invocation_in(e, nudge, &codex_home())
+    invocation_in(e, nudge, codex_home().as_deref())
 }
 
 /// [`invocation`] with Codex sessions looked up in the daemon of `codex_home`.
 ///
 /// # Errors
 /// As [`invocation`].
-pub fn invocation_in(e: &Endpoint, nudge: &str, codex_home: &Path) -> Result<Invocation, Error> {
+pub fn invocation_in(
+    e: &Endpoint,
+    nudge: &str,
+    codex_home: Option<&Path>,
+) -> Result<Invocation, Error> {
     let name = e.display_name().to_string();
     let agent = Agent::of_kind(e.kind).ok_or_else(|| Error::NotAgent {
         name: name.clone(),
@@ -340,7 +346,7 @@ pub fn invocation_in(e: &Endpoint, nudge: &str, codex_home: &Path) -> Result<Inv
         State::AtWork { pid } => {
             return Err(Error::Running {
                 name,
-                pid: pid.or_else(|| daemon_pid(codex_home)).unwrap_or(0),
+                pid: pid.or_else(|| codex_home.and_then(daemon_pid)).unwrap_or(0),
             });
         }
         State::HeldIdle => {
@@ -349,7 +355,7 @@ pub fn invocation_in(e: &Endpoint, nudge: &str, codex_home: &Path) -> Result<Inv
                 via: Via::Inject,
                 argv: Vec::new(),
                 cwd: e.cwd.as_deref().map(PathBuf::from).unwrap_or_default(),
-                codex_home: Some(codex_home.to_path_buf()),
+                codex_home: codex_home.map(Path::to_path_buf),
             });
         }
         State::Dormant => {}
@@ -441,11 +447,10 @@ fn inject(
 ) -> Result<Option<Report>, Error> {
     let lock = lock(relay_home, e, wait_for_lock)?;
     let start = Instant::now();
-    let home = report
-        .invocation
-        .codex_home
-        .clone()
-        .unwrap_or_else(codex_home);
+    // Set whenever the plan is Via::Inject.
+    let Some(home) = report.invocation.codex_home.clone() else {
+        return Ok(None);
+    };
     let delivered = match store {
         Some(s) => codex_app::deliver(s, e, &home, timeout),
         None => Ok(None),
