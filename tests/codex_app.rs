@@ -629,15 +629,18 @@ fn real_codex_daemon_runs_injected_mail_as_a_turn_in_that_session() {
 const ID: &str = "01a2342f-1bf1-7b30-b37f-ae8057dd1a79";
 
 /// A fake daemon at the control socket of a fresh CODEX_HOME; `serve` runs per connection.
-fn fake(serve: fn(UnixStream)) -> (tempfile::TempDir, PathBuf) {
+fn fake(
+    serve: impl Fn(UnixStream) + Send + Sync + Clone + 'static,
+) -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("codex");
     let sock = codex_app::control_socket(&home);
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
     let l = UnixListener::bind(&sock).unwrap();
     std::thread::spawn(move || {
-        for c in l.incoming().take(4) {
+        for c in l.incoming().take(8) {
             let Ok(c) = c else { return };
+            let serve = serve.clone();
             std::thread::spawn(move || serve(c));
         }
     });
@@ -799,4 +802,92 @@ fn a_daemon_that_lists_nothing_gets_no_turn() {
     let e = codex_app::inject(&home, ID, "x", Duration::from_secs(2)).unwrap_err();
     assert!(matches!(e, Error::NotHeld { .. }), "{e}");
     assert!(!codex_app::holds(&home, ID, Duration::from_secs(2)).unwrap());
+}
+
+/// A well-behaved fake daemon that holds [`ID`] with `thread` as its `thread/read` answer
+/// and records the methods it was asked.
+fn holding(thread: Value, asked: Arc<Mutex<Vec<String>>>) -> (tempfile::TempDir, PathBuf) {
+    fake(move |c| {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let Ok(mut ws) = tungstenite::accept(c) else {
+            return;
+        };
+        while let Ok(tungstenite::Message::Text(t)) = ws.read() {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            let method = v["method"].as_str().unwrap_or("").to_string();
+            asked.lock().unwrap().push(method.clone());
+            let Some(id) = v.get("id").cloned() else {
+                continue;
+            };
+            let result = match method.as_str() {
+                "thread/loaded/list" => json!({"data": [ID], "nextCursor": null}),
+                "thread/read" => json!({"thread": thread.clone()}),
+                "turn/start" => json!({"turn": {"id": "turn-1", "status": "inProgress"}}),
+                _ => json!({}),
+            };
+            let _ = ws.send(tungstenite::Message::text(
+                json!({"id": id, "result": result}).to_string(),
+            ));
+        }
+    })
+}
+
+#[test]
+fn thread_status_decides_presence_and_whether_a_turn_starts() {
+    let rollout = "/h/sessions/rollout.jsonl";
+    let cases = [
+        (
+            json!({"status": {"type": "idle"}, "ephemeral": false, "path": rollout}),
+            Presence::Held { running: false },
+            true,
+        ),
+        (
+            json!({"status": {"type": "active", "activeFlags": []}, "ephemeral": false, "path": rollout}),
+            Presence::Held { running: true },
+            true,
+        ),
+        // A TUI's title thread: loaded, but ephemeral and without a rollout.
+        (
+            json!({"status": {"type": "idle"}, "ephemeral": true, "path": null}),
+            Presence::NotHeld,
+            false,
+        ),
+        (
+            json!({"status": {"type": "notLoaded"}, "ephemeral": false, "path": rollout}),
+            Presence::NotHeld,
+            false,
+        ),
+        (
+            json!({"status": {"type": "systemError"}, "ephemeral": false, "path": rollout}),
+            Presence::Unknown,
+            false,
+        ),
+    ];
+    for (thread, presence, starts) in cases {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (_t, home) = holding(thread.clone(), asked.clone());
+        assert_eq!(
+            codex_app::presence_within(&home, ID, Duration::from_secs(2)),
+            presence,
+            "{thread}"
+        );
+        let got = codex_app::inject(&home, ID, "x", Duration::from_secs(2));
+        assert_eq!(got.is_ok(), starts, "{thread}: {got:?}");
+        if let Ok(t) = &got {
+            assert_eq!(t.turn_id, "turn-1");
+            assert_eq!(
+                t.joined_running,
+                presence == Presence::Held { running: true }
+            );
+        }
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(
+            asked.iter().filter(|m| *m == "turn/start").count(),
+            usize::from(starts),
+            "{thread}: {asked:?}"
+        );
+        // initialize comes first on every connection; relay never resumes a thread.
+        assert_eq!(asked[0], "initialize");
+        assert!(!asked.iter().any(|m| m == "thread/resume"), "{asked:?}");
+    }
 }

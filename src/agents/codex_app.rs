@@ -127,6 +127,15 @@ pub enum Error {
         /// The thread (session) id.
         thread_id: String,
     },
+    /// The daemon holds the thread in a state relay does not start turns in
+    /// (`systemError`, or a status this version does not know).
+    #[error("the Codex app-server reports session {thread_id} as {status}; nothing was injected")]
+    Unusable {
+        /// The thread (session) id.
+        thread_id: String,
+        /// The status it reported.
+        status: String,
+    },
     /// The thread id is not a UUID.
     #[error("{0:?} is not a Codex thread id (a UUID)")]
     BadThreadId(String),
@@ -289,6 +298,8 @@ struct Client {
     socket: PathBuf,
     next_id: u64,
     timeout: Duration,
+    /// The status the last [`Client::held`] read.
+    last_status: String,
 }
 
 impl Client {
@@ -403,6 +414,7 @@ impl Client {
             socket,
             next_id: 1,
             timeout,
+            last_status: String::new(),
         };
         c.ws.get_mut().cap = None;
         c.call(
@@ -541,6 +553,7 @@ impl Client {
             .and_then(|s| s.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("");
+        self.last_status = status.chars().take(40).collect();
         Ok(match status {
             "idle" => Some(Presence::Held { running: false }),
             "active" => Some(Presence::Held { running: true }),
@@ -680,7 +693,13 @@ pub fn inject(
     let mut c = Client::connect(codex_home, timeout)?;
     let running = match c.held(thread_id)? {
         Some(Presence::Held { running }) => running,
-        Some(_) | None => {
+        Some(_) => {
+            return Err(Error::Unusable {
+                thread_id: thread_id.into(),
+                status: c.last_status.clone(),
+            });
+        }
+        None => {
             return Err(Error::NotHeld {
                 thread_id: thread_id.into(),
             });
