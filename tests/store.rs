@@ -101,6 +101,7 @@ fn filters_select_by_sender_and_thread() {
             thread: Some("t".into()),
             ids: None,
             reply_to: None,
+            exclude: None,
         },
     };
     let got = s.fetch(&b, &req).unwrap();
