@@ -2,9 +2,9 @@
 //! session this process runs in, else nobody.
 //!
 //! An MCP request may also name its session itself ([`from_request`]): Codex puts the
-//! thread and session ids in every `tools/call`'s `_meta`, and one Codex app-server
-//! process serves the MCP tools of every session it runs, so a process binding cannot
-//! tell them apart. Order: `--as`/`RELAY_AS`, then the request, then the `register` tool,
+//! thread and session ids in every `tools/call`'s `_meta`, and the MCP servers of every
+//! session a Codex app-server runs are children of that one process (which the hooks of
+//! every session bind), so a process binding cannot tell them apart. Order: `--as`/`RELAY_AS`, then the request, then the `register` tool,
 //! then the binding ([`resolve_for_request`]).
 //!
 //! An agent's SessionStart hook records a binding {agent pid + start time → session
@@ -166,7 +166,7 @@ pub fn from_request(store: &dyn Store, ids: &[String]) -> store::Result<Option<M
 /// [`Source::Env`]) win; then the session the request names ([`from_request`] over
 /// `request`); then a `register`ed identity; then — only when the request names no
 /// session — the binding. A request that names sessions none of which is registered never
-/// falls back to the binding: the process serving it (Codex's app-server) serves every
+/// falls back to the binding: the agent process above it (Codex's app-server) hosts every
 /// session, and its binding is whichever session started last.
 ///
 /// # Errors
@@ -201,5 +201,33 @@ pub fn resolve(store: &dyn Store, explicit: Option<&Identity>) -> anyhow::Result
             process: None,
         }),
         None => from_binding(store)?.ok_or_else(|| NoIdentity.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_ids_come_best_first_without_duplicates_or_bad_ids() {
+        let meta = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let t = "019b0000-0000-7000-8000-00000000000a";
+        let s = "019b0000-0000-7000-8000-00000000000b";
+        assert_eq!(
+            request_ids(&meta(json!({"threadId": t, "sessionId": s,
+                "x-codex-turn-metadata": {"thread_id": t, "session_id": s}}))),
+            [t, s]
+        );
+        assert_eq!(
+            request_ids(&meta(json!({"x-codex-turn-metadata": {"session_id": s}}))),
+            [s]
+        );
+        // Claude Code names no session; paths, empty strings and non-strings are no ids.
+        assert!(request_ids(&meta(json!({"claudecode/toolUseId": "toolu_1"}))).is_empty());
+        assert!(
+            request_ids(&meta(json!({"threadId": "../x", "sessionId": "", "x": 1}))).is_empty()
+        );
+        assert!(request_ids(&meta(json!({"threadId": 5}))).is_empty());
     }
 }

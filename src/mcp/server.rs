@@ -36,8 +36,9 @@ user's.";
 /// The MCP server: one store; an identity per request (DESIGN.md §9).
 ///
 /// Each `tools/call` runs on a clone that carries the session ids its `_meta` names
-/// ([`identity::request_ids`]), so one server process can act for many sessions (Codex's
-/// app-server runs one MCP server for every session it hosts).
+/// ([`identity::request_ids`]), so one server process can act for many sessions. Codex
+/// 0.171's app-server starts one `relay mcp` per thread (measured), but all of them are
+/// children of that one app-server, so the process binding cannot tell them apart.
 #[derive(Clone)]
 pub struct RelayServer {
     config: Config,
