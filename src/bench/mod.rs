@@ -3,6 +3,7 @@
 //! writes a Markdown report with the machine it ran on to `bench/results/`.
 
 pub mod hook;
+pub mod inject;
 pub mod mailbox;
 pub mod rtt;
 pub mod stream;

@@ -33,6 +33,23 @@ pub enum What {
     /// Cost of one agent hook process (cold start included), with /bin/true and
     /// `relay --version` as baselines.
     Hook(HookArgs),
+    /// Mail to an idle interactive Claude Code session (real client under tmux, stand-in
+    /// model): send → the woken request, next to the bare doorbell.
+    Inject(InjectArgs),
+}
+
+/// Arguments of `relay bench inject`.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// Rounds [range: 1-1000]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub n: u32,
+    /// The Claude Code CLI (default: $RELAY_CLAUDE_BIN, the agent cache, PATH).
+    #[arg(long)]
+    pub claude: Option<PathBuf>,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/inject.md")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `relay bench rtt`.
@@ -155,6 +172,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     let m = match a.what {
         What::Mailbox(m) => m,
         What::Hook(h) => return run_hook(ctx, h),
+        What::Inject(i) => return run_inject(ctx, i),
         What::Rtt(r) => return run_rtt(ctx, r),
         What::Throughput(t) => return run_throughput(ctx, t),
         What::Stream(t) => return run_stream(ctx, t),
@@ -258,6 +276,19 @@ fn run_hook(ctx: &Ctx, a: HookArgs) -> anyhow::Result<u8> {
         "hook samples",
         |tick| hook::run(a.n as usize, tick),
         hook::markdown,
+    )
+}
+
+fn run_inject(ctx: &Ctx, a: InjectArgs) -> anyhow::Result<u8> {
+    use crate::bench::inject;
+    let claude = inject::locate_claude(a.claude.as_deref())?;
+    measure(
+        ctx,
+        &a.out,
+        u64::from(a.n),
+        "inject rounds",
+        |tick| inject::run(a.n as usize, &claude, tick),
+        inject::markdown,
     )
 }
 
