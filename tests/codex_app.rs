@@ -428,6 +428,28 @@ fn real_codex_daemon_runs_injected_mail_as_a_turn_in_that_session() {
         Presence::Held { running: false }
     );
 
+    // relay discover reads the session's rollout and asks the daemon about it.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
+    c.args(["discover", "--json", "--tool", "codex"])
+        .env("RELAY_HOME", tmp.path().join("relay-discover"))
+        .env("CODEX_HOME", &home)
+        .env("RELAY_LOG", "warn");
+    let (ok, out) = run_bounded(c, Duration::from_secs(30));
+    assert!(ok, "relay discover: {out}");
+    let doc: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let found = doc["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == tid.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("discover lists the session: {doc}"));
+    assert_eq!(
+        found["presence"],
+        json!({"state": "held", "running": false}),
+        "{found}"
+    );
+
     // An unknown session: refused before any turn starts.
     let unknown = "01a2342f-0000-7000-8000-000000000000";
     assert!(!codex_app::holds(&home, unknown, Duration::from_secs(5)).unwrap());

@@ -504,6 +504,16 @@ impl Client {
 
     /// Whether `thread/loaded/list` names `thread_id` (following `nextCursor`).
     fn loaded(&mut self, thread_id: &str) -> Result<bool, Error> {
+        Ok(self.loaded_until(Some(thread_id))?.contains(thread_id))
+    }
+
+    /// The ids `thread/loaded/list` names (following `nextCursor`, at most [`MAX_PAGES`]
+    /// pages), stopping early once `want` is among them.
+    fn loaded_until(
+        &mut self,
+        want: Option<&str>,
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        let mut all = std::collections::HashSet::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let params = match &cursor {
@@ -515,15 +525,16 @@ impl Client {
                 .get("data")
                 .and_then(Value::as_array)
                 .ok_or_else(|| self.protocol("thread/loaded/list without data"))?;
-            if data.iter().any(|t| t.as_str() == Some(thread_id)) {
-                return Ok(true);
+            all.extend(data.iter().filter_map(Value::as_str).map(str::to_string));
+            if want.is_some_and(|w| all.contains(w)) {
+                return Ok(all);
             }
             match r.get("nextCursor").and_then(Value::as_str) {
                 Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
-                _ => return Ok(false),
+                _ => return Ok(all),
             }
         }
-        Ok(false)
+        Ok(all)
     }
 
     /// The daemon's view of `thread_id`, `None` when it does not hold the thread (not
@@ -532,6 +543,11 @@ impl Client {
         if !self.loaded(thread_id)? {
             return Ok(None);
         }
+        self.read(thread_id)
+    }
+
+    /// `thread/read` of a thread `thread/loaded/list` named; `None` when it is not held.
+    fn read(&mut self, thread_id: &str) -> Result<Option<Presence>, Error> {
         let r = match self.call("thread/read", json!({"threadId": thread_id})) {
             Ok(r) => r,
             // Unloaded between the two calls.
@@ -644,13 +660,16 @@ pub fn presences(codex_home: &Path, thread_ids: &[&str], timeout: Duration) -> V
         Err(Error::NoDaemon { .. }) => return vec![Presence::NotHeld; thread_ids.len()],
         Err(_) => return vec![Presence::Unknown; thread_ids.len()],
     };
+    let Ok(loaded) = c.loaded_until(None) else {
+        return vec![Presence::Unknown; thread_ids.len()];
+    };
     let mut out = Vec::with_capacity(thread_ids.len());
     for id in thread_ids {
-        if check_thread_id(id).is_err() {
+        if check_thread_id(id).is_err() || !loaded.contains(*id) {
             out.push(Presence::NotHeld);
             continue;
         }
-        match c.held(id) {
+        match c.read(id) {
             Ok(Some(p)) => out.push(p),
             Ok(None) => out.push(Presence::NotHeld),
             Err(_) => {
