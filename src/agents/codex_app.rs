@@ -150,8 +150,11 @@ pub enum Error {
 }
 
 /// The control socket of the daemon for `codex_home`:
-/// `<codex_home>/app-server-control/app-server-control.sock` (it may be a symlink; see
-/// [`connect`]'s checks).
+/// `<codex_home>/app-server-control/app-server-control.sock`. It may be a symlink (0.171
+/// links it to `/tmp/codex-daemon-<uid>/<sha256 of this path>`). Before connecting, relay
+/// refuses it unless the link and the socket belong to this uid, the socket is not
+/// writable by others and neither directory is writable by others (unless sticky); after
+/// connecting, unless the listener runs as this uid (SO_PEERCRED).
 pub fn control_socket(codex_home: &Path) -> PathBuf {
     codex_home
         .join("app-server-control")
