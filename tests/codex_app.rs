@@ -217,7 +217,9 @@ fn codex_bin() -> Option<PathBuf> {
     Some(PathBuf::from("/tmp/agentcli/node_modules/.bin/codex")).filter(|p| p.is_file())
 }
 
-/// Runs `cmd` to completion within `deadline`, killing it after.
+/// Runs `cmd` to completion within `deadline`, killing it after. Its output is read by two
+/// threads (a full pipe never stalls it) and collected for at most 2 s after it exits (a
+/// detached grandchild holding the pipe never stalls the test).
 fn run_bounded(mut cmd: Command, deadline: Duration) -> (bool, String) {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -225,24 +227,46 @@ fn run_bounded(mut cmd: Command, deadline: Duration) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let readers: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for (i, mut r) in readers.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            let _ = tx.send((i, String::from_utf8_lossy(&buf).into_owned()));
+        });
+    }
     let end = Instant::now() + deadline;
-    loop {
+    let status = loop {
         match child.try_wait().unwrap() {
-            Some(s) => {
-                let mut out = String::new();
-                let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-                let mut err = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                return (s.success(), format!("{out}\n{err}"));
-            }
+            Some(s) => break Some(s),
             None if Instant::now() >= end => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return (false, "timed out".into());
+                break None;
             }
             // A child's exit has no descriptor to block on here.
             None => std::thread::sleep(Duration::from_millis(20)),
         }
+    };
+    let mut out = [String::new(), String::new()];
+    let collect_end = Instant::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        match rx.recv_timeout(collect_end.saturating_duration_since(Instant::now())) {
+            Ok((i, text)) => out[i] = text,
+            Err(_) => break,
+        }
+    }
+    match status {
+        Some(s) => (s.success(), format!("{}\n{}", out[0], out[1])),
+        None => (
+            false,
+            format!("timed out after {deadline:?}: {}\n{}", out[0], out[1]),
+        ),
     }
 }
 
