@@ -622,6 +622,12 @@ fn a_foreign_sqlite_database_at_any_user_version_is_refused_untouched() {
     h.register("old");
     {
         let c = rusqlite::Connection::open(h.db()).unwrap();
+        // Back to what version 2 had: without version 4's column and indexes.
+        c.execute_batch(
+            "DROP INDEX messages_thread; DROP INDEX messages_sender; \
+             ALTER TABLE messages DROP COLUMN injected_at;",
+        )
+        .unwrap();
         c.pragma_update(None, "application_id", 0).unwrap();
         c.pragma_update(None, "user_version", 2).unwrap();
     }
