@@ -1299,7 +1299,10 @@ mod tests {
         let mut n2 = old.clone();
         n2["mcpServers"]["a"]["x"] = json!(2);
         let out = splice(text, &old, &n2, &l).unwrap();
-        assert!(out.contains("{\"x\": 2}") && out.contains("0.000001"), "{out}");
+        assert!(
+            out.contains("{\"x\": 2}") && out.contains("0.000001"),
+            "{out}"
+        );
     }
 
     #[test]

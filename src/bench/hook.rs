@@ -154,6 +154,9 @@ pub fn markdown(r: &Report, when: &str) -> String {
     s += &row("hook user-prompt-submit, empty inbox", &r.hook_empty);
     s += &row("hook user-prompt-submit, 1 message", &r.hook_one_message);
     s += &row("hook post-tool-use, empty inbox", &r.post_tool_use_empty);
-    s += &row("hook post-tool-use, 1 message", &r.post_tool_use_one_message);
+    s += &row(
+        "hook post-tool-use, 1 message",
+        &r.post_tool_use_one_message,
+    );
     s
 }
