@@ -107,10 +107,27 @@ pub fn interactive(p: ProcessRef) -> bool {
     !headless && tty && procfs::alive(p)
 }
 
-/// The waiter recorded for `e`, if that process still runs.
+/// The waiter recorded for `e`, if that process still runs and is a waiter: its command
+/// line ends in `hook <agent> idle`. Metadata can be written by any local process of the
+/// user, so a record naming some other program (with its right start time) is never taken
+/// for a waiter — and never signalled.
 pub fn waiter(e: &Endpoint) -> Option<ProcessRef> {
     let p: ProcessRef = serde_json::from_value(e.meta.get(WAITER_META)?.clone()).ok()?;
-    procfs::alive(p).then_some(p)
+    (procfs::alive(p) && is_waiter(p.pid)).then_some(p)
+}
+
+/// Whether process `pid`'s arguments end in `hook <agent> idle`.
+fn is_waiter(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    matches!(args.as_slice(), [.., hook, agent, idle]
+        if *hook == b"hook" && *idle == b"idle"
+            && Agent::ALL.iter().any(|a| a.name().as_bytes() == *agent))
 }
 
 /// Acks mail injected into `e`'s session and not yet acked, and forgets it. Called by every

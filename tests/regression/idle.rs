@@ -311,6 +311,25 @@ fn a_reused_waiter_pid_is_never_signalled() {
         stranger.try_wait().unwrap().is_none(),
         "the stranger was killed"
     );
+    // Nor a record naming another program with its right start time: metadata is
+    // writable by any local process, so only a process that is a waiter is signalled.
+    drop(agent);
+    let real = json!({"pid": stranger.id(), "start": start}).to_string();
+    let r = home.run(&[
+        "register",
+        "sess",
+        "--id",
+        SESSION,
+        "--meta",
+        &format!("relay_waiter={real}"),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let third = Agent::start(&home, SESSION, "third", Some("always"));
+    recorded_waiter(&home, &third);
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "a process that is no waiter was signalled"
+    );
     let _ = stranger.kill();
     let _ = stranger.wait();
 }
