@@ -457,18 +457,12 @@ fn guard(
 fn injectable(e: &Endpoint) -> bool {
     match e.kind {
         store::Kind::ClaudeCode => crate::agents::idle::waiter(e).is_some(),
-        store::Kind::Codex => codex_home().is_some_and(|home| {
+        store::Kind::Codex => crate::agents::wake::codex_home().is_some_and(|home| {
             crate::agents::codex_app::codex_presence(&home, &e.id)
                 == crate::agents::codex_app::Presence::Held { running: false }
         }),
         _ => false,
     }
-}
-
-/// `$CODEX_HOME`, else `~/.codex`; `None` without a home directory.
-fn codex_home() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-    Some(crate::agents::codex::home_dir(Path::new(&home)))
 }
 
 /// How long a sender waits for a Codex app-server to take an injected turn.
@@ -479,7 +473,7 @@ const CODEX_INJECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// enqueue rang its doorbell and its idle waiter injects. If the app-server refuses, the
 /// mail stays in the mailbox and the route says so.
 fn carry_inject(store: &dyn Store, target: &str, receipt: Receipt) -> Sent {
-    let route = match (store.lookup(target), codex_home()) {
+    let route = match (store.lookup(target), crate::agents::wake::codex_home()) {
         (Ok(Lookup::Found(e)), Some(home)) if e.kind == store::Kind::Codex => {
             match crate::agents::codex_app::deliver_pending(store, &e, &home, CODEX_INJECT_TIMEOUT)
             {
