@@ -14,3 +14,6 @@ mod claude;
 
 #[path = "real_agents/codex.rs"]
 mod codex;
+
+#[path = "real_agents/codex_tui.rs"]
+mod codex_tui;

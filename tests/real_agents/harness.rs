@@ -381,6 +381,18 @@ impl Tmux {
         assert_eq!(r.code, 0, "tmux send-keys failed: {}", r.stderr);
     }
 
+    /// Types `text` literally, without pressing Enter.
+    pub fn send_text(&self, text: &str) {
+        let r = self.tmux(&["send-keys", "-t", &self.name, "-l", text]);
+        assert_eq!(r.code, 0, "tmux send-keys failed: {}", r.stderr);
+    }
+
+    /// Presses one key by its tmux name (`Enter`, `Escape`, `C-c`).
+    pub fn press(&self, key: &str) {
+        let r = self.tmux(&["send-keys", "-t", &self.name, key]);
+        assert_eq!(r.code, 0, "tmux send-keys {key} failed: {}", r.stderr);
+    }
+
     /// Waits (bounded) until the pane shows `needle`; panics with the screen otherwise.
     pub fn wait_screen(&self, what: &str, needle: &str, deadline: Duration) {
         let end = std::time::Instant::now() + deadline;
