@@ -328,9 +328,12 @@ fn submit(w: &World, t: &Tmux, prompt: &str) -> Recorded {
         is_main(r) && !has_tool_result(&r.body) && last_user_text(&r.body).contains(prompt)
     };
     let end = Instant::now() + TO_MODEL;
-    for _ in 0..4 {
+    for n in 1..=4 {
         t.press("Enter");
         if let Some(r) = w.model.wait_for(asked, Duration::from_millis(1500)) {
+            if n > 1 {
+                eprintln!("codex tui: {prompt:?} was submitted by Enter press {n}");
+            }
             return r;
         }
     }
@@ -435,6 +438,19 @@ fn j_two_codex_tui_sessions_in_one_directory_are_distinct() {
         assert_eq!(e["kind"], "codex", "{e}");
     }
     assert_ne!(senders[0], senders[1], "two different sender ids");
+    // Only the two sessions registered (not the TUIs' title threads).
+    let mut codex: Vec<String> = w
+        .sessions("codex")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    codex.sort();
+    let mut want = threads.clone();
+    want.sort();
+    assert_eq!(
+        codex, want,
+        "the codex endpoints are exactly the two sessions"
+    );
     // Both sessions live in the one daemon the first TUI started, and their hooks (run by
     // the daemon) bound both to it.
     let pid = daemon.pid().expect("the TUI started the app-server daemon");
@@ -488,6 +504,7 @@ fn k_an_idle_codex_tui_session_gets_mail_in_place() {
     assert_eq!(r.code, 0, "relay send: {}{}", r.stdout, r.stderr);
     let receipt = r.doc();
     assert_eq!(receipt["route"], "inject", "{receipt}");
+    assert!(receipt["injected_at"].is_u64(), "{receipt}");
     let id = receipt["id"].as_str().unwrap().to_string();
     let mail = w
         .model
@@ -512,6 +529,11 @@ fn k_an_idle_codex_tui_session_gets_mail_in_place() {
         });
     let to_model_ms = sent_at.elapsed().as_millis();
     assert!(is_main(&mail), "the mail came as a turn of the session");
+    let copies = strings(&mail.body)
+        .iter()
+        .map(|s| s.matches(&body).count())
+        .sum::<usize>();
+    assert_eq!(copies, 1, "the mail is shown once (no hook repeats it)");
     t.wait_screen("the injected mail", &body, Duration::from_secs(10));
     t.wait_screen(
         "the answer to the mail",
