@@ -181,8 +181,10 @@ pub fn handle(
         endpoint_id: Some(endpoint.id.clone()),
         ..Outcome::default()
     };
-    // This hook runs because the session went on after an in-place wake: the woken
-    // request, which carried the mail, was made. That mail is acked now.
+    // This hook runs because the session went on after an in-place wake. Claude Code: the
+    // woken request, which carried the mail, was made. Codex: the injected turn started,
+    // its input (the mail) is in the session's own history; its first hook may run just
+    // before the turn's model request. That mail is acked now.
     super::idle::settle_injected(store, &endpoint)?;
     if event == Event::Stop && input.stop_hook_active {
         // Already continuing because of a Stop hook: never block twice in a row.
