@@ -8,9 +8,28 @@ use clap::Parser;
 use relay::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // Started with stdin, stdout or stderr closed (a careless launcher), the next file
+    // relay opens would take that number, and text meant for stderr — mail from an idle
+    // waiter, say — would land in it. /dev/null takes the place first.
+    for fd in 0..=2 {
+        // SAFETY: only asks whether the descriptor is open; nothing is taken over.
+        let open = rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
+        if open.is_err() {
+            let _ = std::fs::OpenOptions::new()
+                .read(fd == 0)
+                .write(fd != 0)
+                .open("/dev/null")
+                .map(std::os::fd::IntoRawFd::into_raw_fd);
+        }
+    }
     // No backtraces for users: one line naming the bug, then exit 101 as Rust does.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("relay: internal error: {info}; please report it");
+        // Not eprintln!: a closed stderr would make the hook panic too, and abort.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "relay: internal error: {info}; please report it"
+        );
     }));
     // The hot path of agent hooks skips the parser (see `cli::run_hook`).
     let args: Vec<std::ffi::OsString> = std::env::args_os().take(5).collect();
@@ -65,10 +84,27 @@ fn init_logging() {
     );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(ansi)
         .with_target(false)
         .try_init();
+}
+
+/// stderr for log lines, where a failed write is dropped: tracing-subscriber reports a
+/// failed write with `eprintln!`, which panics on a closed stderr (a hook whose agent
+/// stopped reading), and a log line is not worth a crash.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Whether log lines get ANSI colour: only on a terminal, and not when `NO_COLOR` is set to

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest;
 
-use crate::store::{Endpoint, Lookup, Registration, Store};
+use crate::store::{Endpoint, Store};
 
 /// Default bound on one exchange with the daemon: 10 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -759,18 +759,11 @@ pub fn turn_text(block: &str) -> String {
     )
 }
 
-fn ids_at(e: &Endpoint, key: &str) -> Vec<String> {
-    e.meta
-        .get(key)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
-}
-
 /// Delivers `endpoint`'s pending mail to its idle Codex session as a turn, through the
 /// daemon of `codex_home`, bounded by `timeout`: peeks the mailbox, delivers what the
 /// fence shows in full (leased for [`super::idle::INJECT_LEASE`]), injects the fenced block
 /// with [`turn_text`], then marks the shown ids injected and appends them to the endpoint's
-/// [`super::idle::INJECTED_META`], so the session's next hook acks them
+/// injected hint ([`crate::store::Store::mark_injected`]), so the session's next hook acks them
 /// ([`super::idle::settle_injected`]). Returns the ids shown, `None` when nothing was
 /// pending (or another reader took it).
 ///
@@ -812,24 +805,9 @@ pub fn deliver(
         }
     };
     if !block.shown.is_empty() {
+        // Marks them injected and sets the session's hint in one commit: its next hook
+        // acks them (`idle::settle_injected`).
         store.mark_injected(&endpoint.id, &block.shown)?;
-        let now = match store.lookup(&endpoint.id)? {
-            Lookup::Found(e) if e.id == endpoint.id => e,
-            _ => endpoint.clone(),
-        };
-        let mut injected = ids_at(&now, super::idle::INJECTED_META);
-        for id in &block.shown {
-            if !injected.contains(id) {
-                injected.push(id.clone());
-            }
-        }
-        let mut meta = serde_json::Map::new();
-        meta.insert(super::idle::INJECTED_META.into(), json!(injected));
-        store.register(&Registration {
-            id: Some(endpoint.id.clone()),
-            meta,
-            ..Registration::default()
-        })?;
     }
     Ok(Some((block.shown, turn)))
 }

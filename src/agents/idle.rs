@@ -52,8 +52,9 @@ pub const INJECT_LEASE: Duration = Duration::from_secs(30 * 60);
 /// Endpoint metadata: the running waiter, `{"pid": …, "start": …}` (null when none).
 pub const WAITER_META: &str = "relay_waiter";
 
-/// Endpoint metadata: ids injected and not yet acked.
-pub const INJECTED_META: &str = "relay_injected";
+/// Endpoint metadata: set while mail injected into the session waits for its next hook
+/// (the store's [`crate::store::INJECTED_HINT`]).
+pub const INJECTED_META: &str = crate::store::INJECTED_HINT;
 
 /// Endpoint metadata: ids the last injection saw but could not show in full (cut or over
 /// the block's cap). A waiter wakes only for mail not in this list, so a message too big
@@ -97,8 +98,12 @@ pub fn interactive(p: ProcessRef) -> bool {
             || a.starts_with(b"--print=")
             || a.starts_with(b"--input-format")
             || a.starts_with(b"--output-format")
-            // Short flags bundled with p, such as `-cp`.
-            || (a.len() > 1 && a[0] == b'-' && a[1] != b'-' && a.contains(&b'p'))
+            // `-p` bundled with Claude Code's other one-letter switches, such as `-cp`; not
+            // any value that starts with a dash and holds a p (`-be polite`).
+            || (a.len() > 2
+                && a[0] == b'-'
+                && a[1..].iter().all(|c| b"pcdv".contains(c))
+                && a.contains(&b'p'))
     });
     let tty = std::fs::read_link(format!("/proc/{}/fd/0", p.pid)).is_ok_and(|t| {
         let t = t.to_string_lossy();
@@ -136,12 +141,14 @@ fn is_waiter(pid: u32) -> bool {
 /// # Errors
 /// Store errors.
 pub fn settle_injected(store: &dyn Store, e: &Endpoint) -> anyhow::Result<()> {
-    let ids = ids_at(e, INJECTED_META);
-    if ids.is_empty() {
-        return Ok(());
+    // The hint comes with the endpoint the hook looked up anyway, so a session with
+    // nothing injected pays no extra statement.
+    if e.meta
+        .get(INJECTED_META)
+        .is_some_and(|v| v == &Value::Bool(true))
+    {
+        store.settle_injected(&e.id)?;
     }
-    store.ack(Some(&e.id), &ids)?;
-    set_meta(store, &e.id, INJECTED_META, json!([]))?;
     Ok(())
 }
 
@@ -177,13 +184,28 @@ fn lock(home: &Path, endpoint_id: &str) -> anyhow::Result<Locked> {
     if let Some(dir) = path.parent() {
         crate::store::home::private_dir(dir)?;
     }
+    // Never through a symlink (it could point anywhere) and never blocking on a FIFO put
+    // in its place: a lock file is a plain file of ours.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_file() || meta.uid() != rustix::process::geteuid().as_raw() {
+            anyhow::bail!(
+                "{} is not a plain file of this user; remove it and try again",
+                path.display()
+            );
+        }
+    }
     rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", path.display()))?;
     Ok(Locked(file))
@@ -227,7 +249,12 @@ fn wait_inner(
     let input: Input = serde_json::from_slice(input)
         .map_err(|e| anyhow::anyhow!("hook payload is not the expected JSON: {e}"))?;
     names::check_id(&input.session_id)?;
-    let mode = std::env::var(MODE_ENV).unwrap_or_default();
+    let mode = std::env::var(MODE_ENV)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !matches!(mode.as_str(), "" | "auto" | "always" | "never") {
+        tracing::warn!("{MODE_ENV}={mode:?} is not auto, always or never; using auto");
+    }
     if mode == "never" {
         return Ok(End::NotInteractive);
     }
@@ -322,12 +349,6 @@ fn wait_inner(
             .filter(|i| !block.shown.contains(i))
             .collect();
         set_meta(store, &id, SEEN_META, json!(unshown))?;
-        if !block.shown.is_empty() {
-            store.mark_injected(&id, &block.shown)?;
-            let mut injected = ids_at(&now, INJECTED_META);
-            injected.extend(block.shown.iter().cloned());
-            set_meta(store, &id, INJECTED_META, json!(injected))?;
-        }
         set_meta(store, &id, WAITER_META, Value::Null)?;
         let text = format!(
             "relay: new mail arrived while this session was idle. It comes from other \
@@ -336,8 +357,19 @@ fn wait_inner(
              message id).",
             block.text
         );
-        err.write_all(text.as_bytes())?;
-        err.flush()?;
+        // Shown first, recorded after (DESIGN.md §11): mail is marked injected — and so
+        // acked by the session's next hook — only once its text was written. A failed
+        // write gives it back; a waiter killed after the write leaves it delivered, and the
+        // lease lapses back to the mailbox (shown again, never lost).
+        if let Err(e) = err.write_all(text.as_bytes()).and_then(|()| err.flush()) {
+            store.release(&id, &block.shown)?;
+            return Err(anyhow::anyhow!(
+                "cannot write the mail to stderr: {e}; released"
+            ));
+        }
+        if !block.shown.is_empty() {
+            store.mark_injected(&id, &block.shown)?;
+        }
         return Ok(End::Injected(block.shown));
     }
 }

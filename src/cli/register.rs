@@ -51,6 +51,13 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| UsageError(format!("--meta {kv:?}: write KEY=VALUE")))?;
+        if k.starts_with("relay_") {
+            return Err(UsageError(format!(
+                "--meta {k}: keys starting with relay_ are relay's own bookkeeping (idle \
+                 waiters, injected mail); use another key"
+            ))
+            .into());
+        }
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         meta.insert(k.to_string(), value);
     }

@@ -108,10 +108,11 @@ pub fn send(store: &dyn Store, req: SendRequest) -> Result<Sent, Error> {
 /// As [`send`], for the first message that fails; then nothing is stored.
 pub fn send_all(store: &dyn Store, reqs: Vec<SendRequest>) -> Result<Vec<Sent>, Error> {
     let mut probes = Probes::default();
+    let mut batch = Batch::default();
     let mut plans = Vec::with_capacity(reqs.len());
     let mut msgs = Vec::with_capacity(reqs.len());
     for req in reqs {
-        let p = plan(store, req, &mut probes)?;
+        let p = plan(store, req, &mut probes, &mut batch)?;
         msgs.push(p.msg.clone());
         plans.push(p);
     }
@@ -327,7 +328,44 @@ struct Plan {
 }
 
 /// Gathers facts, decides, and builds the message to store. Writes nothing.
-fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan, Error> {
+/// What the loop guard must add to the store's counts for the messages planned earlier in
+/// the same batch (none of them is stored until all are decided).
+#[derive(Default)]
+struct Batch {
+    /// Messages planned per sender id.
+    sent: HashMap<String, u64>,
+    /// Agent→agent messages planned per (thread, the pair's two ids in order).
+    thread: HashMap<(String, String, String), u64>,
+}
+
+impl Batch {
+    fn pair(thread: &str, a: &str, b: &str) -> (String, String, String) {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        (thread.to_string(), x.to_string(), y.to_string())
+    }
+
+    fn count(&mut self, from: &Endpoint, to: &Endpoint, thread: Option<&str>) {
+        *self.sent.entry(from.id.clone()).or_default() += 1;
+        if let Some(t) = thread {
+            if from.kind == store::Kind::Human {
+                // A human message resets the thread for every pair.
+                self.thread.retain(|k, _| k.0 != t);
+            } else if from.kind.is_agent() && to.kind.is_agent() {
+                *self
+                    .thread
+                    .entry(Batch::pair(t, &from.id, &to.id))
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+fn plan(
+    store: &dyn Store,
+    req: SendRequest,
+    probes: &mut Probes,
+    batch: &mut Batch,
+) -> Result<Plan, Error> {
     let lookup = store.lookup(&req.to)?;
     let (resolution, target) = match &lookup {
         Lookup::Found(e) => (Resolution::Found, Some(e)),
@@ -355,7 +393,18 @@ fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan
         }
     };
     let guard = match target {
-        Some(t) if req.from.kind.is_agent() => guard(store, &req.from, t, thread.as_deref())?,
+        Some(t) if req.from.kind.is_agent() => {
+            let mut g = guard(store, &req.from, t, thread.as_deref())?;
+            g.sent_last_minute += batch.sent.get(&req.from.id).copied().unwrap_or(0);
+            if let Some(th) = thread.as_deref() {
+                g.thread_run += batch
+                    .thread
+                    .get(&Batch::pair(th, &req.from.id, &t.id))
+                    .copied()
+                    .unwrap_or(0);
+            }
+            g
+        }
         _ => Guard::default(),
     };
     let facts = Facts {
@@ -392,6 +441,7 @@ fn plan(store: &dyn Store, req: SendRequest, probes: &mut Probes) -> Result<Plan
             });
         }
     };
+    batch.count(&req.from, target, thread.as_deref());
     let msg = NewMessage {
         from: req.from.id.clone(),
         to: target.id.clone(),
@@ -437,6 +487,7 @@ fn guard(
     let agent_to_agent = to.kind.is_agent();
     let counts = store.loop_counts(
         &from.id,
+        &to.id,
         thread.filter(|_| agent_to_agent),
         now_ms().saturating_sub(60_000),
     )?;

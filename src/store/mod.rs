@@ -34,6 +34,11 @@ pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
+/// Endpoint metadata set (to `true`) when mail was injected into the session and cleared
+/// when it was settled ([`Store::mark_injected`], [`Store::settle_injected`]). Keys starting
+/// with `relay_` are relay's own: `relay register --meta` refuses them.
+pub const INJECTED_HINT: &str = "relay_injected";
+
 /// Result alias for store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -164,19 +169,36 @@ pub trait Store: Send + Sync {
     fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>>;
 
     /// Records that `recipient`'s idle session was woken in place with `ids` (route
-    /// `inject`): sets `injected_at` on those of them delivered to it. Returns how many.
+    /// `inject`): sets `injected_at` on those of them delivered to it and, in the same
+    /// commit, the endpoint's [`INJECTED_HINT`] metadata, which tells the session's next hook
+    /// to [`Store::settle_injected`]. Returns how many were marked.
     ///
     /// # Errors
     /// Backend errors.
     fn mark_injected(&self, recipient: &str, ids: &[String]) -> Result<u64>;
 
-    /// The loop guard's counts for a send from `sender` on `thread`: how many agent→agent
-    /// messages the thread holds since its last message from a human endpoint, and how
-    /// many messages `sender` sent after `since_ms` (ms since the epoch).
+    /// Acks every message injected into `recipient`'s session and not yet acked, and clears
+    /// its [`INJECTED_HINT`], in one commit (so an injection racing it is either acked here
+    /// or hinted again). Returns the ids acked.
     ///
     /// # Errors
     /// Backend errors.
-    fn loop_counts(&self, sender: &str, thread: Option<&str>, since_ms: i64) -> Result<LoopCounts>;
+    fn settle_injected(&self, recipient: &str) -> Result<Vec<String>>;
+
+    /// The loop guard's counts for a send from `sender` to `recipient` on `thread`: how many
+    /// agent→agent messages between these two the thread holds since its last message from
+    /// a human endpoint, and how many messages `sender` sent after `since_ms` (ms since the
+    /// epoch).
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn loop_counts(
+        &self,
+        sender: &str,
+        recipient: &str,
+        thread: Option<&str>,
+        since_ms: i64,
+    ) -> Result<LoopCounts>;
 
     /// The receipt of one message, by id or unique id prefix.
     ///

@@ -762,11 +762,45 @@ impl Store for SqliteStore {
                 n += stmt.execute(params![id, recipient, now])? as u64;
             }
         }
+        if n > 0 {
+            // In the same commit: the hint that tells the session's next hook to settle.
+            tx.execute(
+                "UPDATE endpoints SET meta = json_set(meta, '$.' || ?2, json('true')) \
+                 WHERE id = ?1",
+                params![recipient, INJECTED_HINT],
+            )?;
+        }
         tx.commit()?;
         Ok(n)
     }
 
-    fn loop_counts(&self, sender: &str, thread: Option<&str>, since_ms: i64) -> Result<LoopCounts> {
+    fn settle_injected(&self, recipient: &str) -> Result<Vec<String>> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<String> = tx
+            .prepare_cached(
+                "UPDATE messages SET state = 'acked', acked_at = ?2, lease_until = NULL \
+                 WHERE recipient = ?1 AND state = 'delivered' AND injected_at IS NOT NULL \
+                 RETURNING id",
+            )?
+            .query_map(params![recipient, now], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.execute(
+            "UPDATE endpoints SET meta = json_remove(meta, '$.' || ?2) WHERE id = ?1",
+            params![recipient, INJECTED_HINT],
+        )?;
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn loop_counts(
+        &self,
+        sender: &str,
+        recipient: &str,
+        thread: Option<&str>,
+        since_ms: i64,
+    ) -> Result<LoopCounts> {
         let conn = self.conn();
         let agents = "('claude-code', 'codex', 'pi')";
         let sent_since: i64 = conn
@@ -780,11 +814,13 @@ impl Store for SqliteStore {
                        JOIN endpoints s ON s.id = m.sender \
                        JOIN endpoints r ON r.id = m.recipient \
                      WHERE m.thread = ?1 AND s.kind IN {agents} AND r.kind IN {agents} \
+                       AND ((m.sender = ?2 AND m.recipient = ?3) \
+                         OR (m.sender = ?3 AND m.recipient = ?2)) \
                        AND m.seq > coalesce((SELECT max(h.seq) FROM messages h \
                              JOIN endpoints hs ON hs.id = h.sender \
                            WHERE h.thread = ?1 AND hs.kind = 'human'), 0)"
                 ))?
-                .query_row(params![t], |r| r.get(0))?,
+                .query_row(params![t, sender, recipient], |r| r.get(0))?,
         };
         Ok(LoopCounts {
             thread_run: thread_run.max(0) as u64,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::common::{Home, relay_bin, wait_until};
+use super::common::{self, Home, relay_bin, wait_until};
 
 const SESSION: &str = "0190f5a2-7b3c-7def-8abc-00000000a1a1";
 
@@ -25,6 +25,19 @@ struct Agent {
 
 impl Agent {
     fn start(home: &Home, session: &str, tag: &str, idle_mode: Option<&str>) -> Agent {
+        let script = r#""$1" hook claude idle < "$2" 2> "$3"; echo $? > "$4"; read x"#;
+        Agent::start_with(home, session, tag, idle_mode, script)
+    }
+
+    /// With `script` as the agent's shell script: `$1` relay, `$2` the payload, `$3` the
+    /// stderr file, `$4` the exit-status file.
+    fn start_with(
+        home: &Home,
+        session: &str,
+        tag: &str,
+        idle_mode: Option<&str>,
+        script: &str,
+    ) -> Agent {
         let dir = home.path().with_file_name(format!("agent-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
         let program = dir.join(format!("agent-{tag}"));
@@ -42,7 +55,6 @@ impl Agent {
         let _ = std::fs::remove_file(&rc);
         // The waiter's exit status lands in `rc`; `read` then keeps the agent alive until
         // the test closes its stdin (or kills it).
-        let script = r#""$1" hook claude idle < "$2" 2> "$3"; echo $? > "$4"; read x"#;
         let mut cmd = Command::new(&program);
         cmd.arg("-c")
             .arg(script)
@@ -120,6 +132,20 @@ fn meta(home: &Home, id: &str) -> Value {
         .ok();
     text.and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null)
+}
+
+/// Writes an endpoint metadata key straight into the database, as a hostile local process
+/// could.
+fn set_meta_raw(home: &Home, id: &str, key: &str, value: Value) {
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE endpoints SET meta = json_set(meta, '$.' || ?2, json(?3)) WHERE id = ?1",
+            rusqlite::params![id, key, value.to_string()],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "no endpoint {id}");
 }
 
 fn waiter_pid(home: &Home, id: &str) -> Option<u64> {
@@ -295,16 +321,22 @@ fn a_reused_waiter_pid_is_never_signalled() {
     let first = Agent::start(&home, SESSION, "first", Some("always"));
     recorded_waiter(&home, &first);
     drop(first);
-    let fake = json!({"pid": stranger.id(), "start": start + 1}).to_string();
+    // relay_ keys are relay's own: the CLI refuses them, so the forger writes the file.
     let r = home.run(&[
         "register",
         "sess",
         "--id",
         SESSION,
         "--meta",
-        &format!("relay_waiter={fake}"),
+        "relay_waiter=1",
     ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 2, "relay_ metadata is refused: {}", r.stderr);
+    set_meta_raw(
+        &home,
+        SESSION,
+        "relay_waiter",
+        json!({"pid": stranger.id(), "start": start + 1}),
+    );
     let agent = Agent::start(&home, SESSION, "second", Some("always"));
     recorded_waiter(&home, &agent);
     assert!(
@@ -314,16 +346,12 @@ fn a_reused_waiter_pid_is_never_signalled() {
     // Nor a record naming another program with its right start time: metadata is
     // writable by any local process, so only a process that is a waiter is signalled.
     drop(agent);
-    let real = json!({"pid": stranger.id(), "start": start}).to_string();
-    let r = home.run(&[
-        "register",
-        "sess",
-        "--id",
+    set_meta_raw(
+        &home,
         SESSION,
-        "--meta",
-        &format!("relay_waiter={real}"),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+        "relay_waiter",
+        json!({"pid": stranger.id(), "start": start}),
+    );
     let third = Agent::start(&home, SESSION, "third", Some("always"));
     recorded_waiter(&home, &third);
     assert!(
@@ -388,6 +416,90 @@ fn mail_too_big_for_a_block_wakes_the_session_once() {
     send(&home, "small");
     assert_eq!(again.wait_rc("new mail wakes it"), 2);
     assert!(again.stderr().contains("small"));
+}
+
+/// Review of issue 10: the waiter recorded mail as injected before writing it, so a write
+/// that failed (stderr closed) or a waiter killed mid-write left mail the next hook acked
+/// unseen. Now a failed write gives the mail back, and the next hook shows it.
+#[test]
+fn mail_the_waiter_could_not_write_is_given_back_not_acked() {
+    let home = Home::new();
+    home.register("bob");
+    // The waiter's stderr is a pipe whose reader is gone (`head -c0` exits at once).
+    let script =
+        r#"{ "$1" hook claude idle < "$2" 2>&1 >/dev/null; echo $? > "$4"; } | head -c0; read x"#;
+    let mut agent = Agent::start_with(&home, SESSION, "closed", Some("always"), script);
+    wait_until("the waiter records itself", Duration::from_secs(20), || {
+        waiter_pid(&home, SESSION).is_some_and(alive)
+    });
+    let id = send(&home, "never lost")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        agent.wait_rc("the waiter ends"),
+        0,
+        "no wake without the mail"
+    );
+    agent.kill_agent();
+    let s = state(&home, &id);
+    assert!(s["injected_at"].is_null(), "{s}");
+    let hook = home.run_stdin(
+        &["hook", "claude", "post-tool-use"],
+        json!({"session_id": SESSION, "hook_event_name": "PostToolUse"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(
+        hook.stdout.contains(&id),
+        "the next hook shows it: {}",
+        hook.stdout
+    );
+}
+
+/// Review of issue 10: one batch (`send --stdin --lines`) was checked against the counts
+/// from before it, so 1000 lines passed a cap of 30 a minute, and 25 a thread cap of 12.
+#[test]
+fn the_loop_guard_counts_the_messages_of_one_batch() {
+    let home = Home::new();
+    agent_endpoint(&home, "a1");
+    agent_endpoint(&home, "a2");
+    let lines: String = (0..40).map(|i| format!("m{i}\n")).collect();
+    let r = home.run_stdin(
+        &["send", "a2", "--as", "a1", "--stdin", "--lines", "--json"],
+        lines.as_bytes(),
+    );
+    assert_eq!(r.code, 3, "40 in one batch: {}", r.stdout);
+    assert!(r.stderr.contains("30 messages"), "{}", r.stderr);
+    assert_eq!(common::message_rows(&home), 0, "all or nothing");
+    let lines: String = (0..13).map(|i| format!("m{i}\n")).collect();
+    let r = home.run_stdin(
+        &[
+            "send", "a2", "--as", "a1", "--stdin", "--lines", "--thread", "t", "--json",
+        ],
+        lines.as_bytes(),
+    );
+    assert_eq!(r.code, 3, "13 on a thread in one batch: {}", r.stdout);
+    assert!(r.stderr.contains("12 agent-to-agent"), "{}", r.stderr);
+}
+
+/// Review of issue 10: the thread cap counted every agent pair on a thread name, so one
+/// pair's exchange blocked another pair's first message.
+#[test]
+fn the_thread_cap_counts_one_pair_of_agents() {
+    let home = Home::new();
+    for n in ["a", "b", "c", "d"] {
+        agent_endpoint(&home, n);
+    }
+    for i in 0..12 {
+        let (f, t) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+        let r = home.run(&["send", t, "--as", f, "--thread", "review", "--", "x"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let r = home.run(&["send", "d", "--as", "c", "--thread", "review", "--", "hi"]);
+    assert_eq!(r.code, 0, "another pair is not capped: {}", r.stderr);
+    let r = home.run(&["send", "b", "--as", "a", "--thread", "review", "--", "x"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
 }
 
 fn agent_endpoint(home: &Home, name: &str) -> String {
@@ -470,4 +582,82 @@ fn the_loop_guard_caps_sends_per_minute() {
             .code,
         0
     );
+}
+
+/// Review of issue 10: the next hook read the injected ids, acked them and wrote an empty
+/// list back, so an id a waiter added in between was wiped: never acked, shown again
+/// after its lease (2 in 40 runs). Marking sets a hint in the same commit, and settling
+/// acks every injected message and clears the hint in one commit: nothing falls between.
+#[test]
+fn settling_injected_mail_never_forgets_an_injection_made_meanwhile() {
+    use relay::store::{
+        DEFAULT_LEASE, Fetch, FetchMode, Filter, Intent, NewMessage, Registration, SqliteStore,
+        State, Store, TEXT_PLAIN,
+    };
+    let home = Home::new();
+    let store = SqliteStore::open(&relay::config::Config::at(&home.path())).unwrap();
+    let me = store
+        .register(&Registration {
+            id: Some(SESSION.into()),
+            ..Registration::default()
+        })
+        .unwrap()
+        .endpoint;
+    let send = |body: &str| {
+        store
+            .enqueue(&NewMessage {
+                from: me.id.clone(),
+                to: me.id.clone(),
+                thread: None,
+                reply_to: None,
+                intent: Intent::Notify,
+                content_type: TEXT_PLAIN.into(),
+                body: body.as_bytes().to_vec(),
+                expires_at: None,
+                hold: None,
+            })
+            .unwrap()
+            .id
+    };
+    let deliver = || {
+        store
+            .fetch(
+                &me.id,
+                &Fetch {
+                    limit: 10,
+                    mode: FetchMode::Deliver {
+                        lease: DEFAULT_LEASE,
+                    },
+                    filter: Filter::default(),
+                },
+            )
+            .unwrap()
+    };
+    let hint = || {
+        store
+            .resolve(&me.id)
+            .unwrap()
+            .meta
+            .get("relay_injected")
+            .cloned()
+    };
+    let first = send("one");
+    deliver();
+    assert_eq!(store.mark_injected(&me.id, &[first.clone()]).unwrap(), 1);
+    assert_eq!(hint(), Some(json!(true)));
+    // A hook saw the hint; before it settles, a waiter injects a second message.
+    let second = send("two");
+    deliver();
+    store.mark_injected(&me.id, &[second.clone()]).unwrap();
+    let acked = store.settle_injected(&me.id).unwrap();
+    assert_eq!(acked.len(), 2, "{acked:?}");
+    for id in [&first, &second] {
+        assert_eq!(store.receipt(id).unwrap().state, State::Acked);
+    }
+    assert_eq!(hint(), None);
+    // An injection after the settle sets the hint again for the next hook.
+    let third = send("three");
+    deliver();
+    store.mark_injected(&me.id, &[third]).unwrap();
+    assert_eq!(hint(), Some(json!(true)));
 }
