@@ -595,7 +595,7 @@ fn settling_injected_mail_never_forgets_an_injection_made_meanwhile() {
         State, Store, TEXT_PLAIN,
     };
     let home = Home::new();
-    let store = SqliteStore::open(&relay::config::Config::at(&home.path())).unwrap();
+    let store = SqliteStore::open(&relay::config::Config::at(home.path())).unwrap();
     let me = store
         .register(&Registration {
             id: Some(SESSION.into()),
@@ -643,12 +643,19 @@ fn settling_injected_mail_never_forgets_an_injection_made_meanwhile() {
     };
     let first = send("one");
     deliver();
-    assert_eq!(store.mark_injected(&me.id, &[first.clone()]).unwrap(), 1);
+    assert_eq!(
+        store
+            .mark_injected(&me.id, std::slice::from_ref(&first))
+            .unwrap(),
+        1
+    );
     assert_eq!(hint(), Some(json!(true)));
     // A hook saw the hint; before it settles, a waiter injects a second message.
     let second = send("two");
     deliver();
-    store.mark_injected(&me.id, &[second.clone()]).unwrap();
+    store
+        .mark_injected(&me.id, std::slice::from_ref(&second))
+        .unwrap();
     let acked = store.settle_injected(&me.id).unwrap();
     assert_eq!(acked.len(), 2, "{acked:?}");
     for id in [&first, &second] {
