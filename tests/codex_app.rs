@@ -934,3 +934,48 @@ fn thread_status_decides_presence_and_whether_a_turn_starts() {
         assert!(!asked.iter().any(|m| m == "thread/resume"), "{asked:?}");
     }
 }
+
+/// Review of issue 10: a daemon that stopped accepting (its backlog full) held a blocking
+/// `connect` without bound, so `relay send` to a Codex session hung. Connecting now counts
+/// against the same deadline.
+#[test]
+fn a_daemon_that_accepts_nothing_times_out_on_connect() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("codex");
+    let sock = codex_app::control_socket(&home);
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    let addr = SocketAddrUnix::new(&sock).unwrap();
+    rustix::net::bind(&listener, &addr).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
+    // Fill the backlog with connections nobody accepts.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let c = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        if rustix::net::connect(&c, &addr).is_err() {
+            break;
+        }
+        fillers.push(c);
+    }
+    let timeout = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let e = codex_app::inject(&home, ID, "x", timeout).unwrap_err();
+    assert!(
+        t0.elapsed() < timeout + Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert_eq!(
+        codex_app::presence_within(&home, ID, timeout),
+        Presence::Unknown
+    );
+    drop(fillers);
+}

@@ -347,13 +347,17 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let socket = control_socket(codex_home);
         check_socket(&socket)?;
-        let s = UnixStream::connect(&socket).map_err(|e| match e.kind() {
+        let s = connect_within(&socket, deadline, timeout).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 Error::NoDaemon {
                     socket: socket.clone(),
                     reason: e.to_string(),
                 }
             }
+            std::io::ErrorKind::TimedOut => Error::Timeout {
+                during: "connecting to the control socket (the daemon accepts nothing)".into(),
+                after: timeout,
+            },
             _ => Error::Io {
                 socket: socket.clone(),
                 err: e,
@@ -810,6 +814,43 @@ pub fn deliver(
         store.mark_injected(&endpoint.id, &block.shown)?;
     }
     Ok(Some((block.shown, turn)))
+}
+
+/// Connects to a Unix socket by `deadline`. A blocking `connect` waits without bound when
+/// the listener's backlog is full (a daemon that stopped accepting); a non-blocking one
+/// answers `EAGAIN` then, and is retried every 10 ms until the deadline (only that case
+/// polls). Returns a blocking stream.
+fn connect_within(
+    path: &Path,
+    deadline: Instant,
+    timeout: Duration,
+) -> std::io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                if Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 #[cfg(test)]
