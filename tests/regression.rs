@@ -6,6 +6,8 @@ mod common;
 
 #[path = "regression/errors.rs"]
 mod errors;
+#[path = "regression/identity.rs"]
+mod identity;
 #[path = "regression/idle.rs"]
 mod idle;
 #[path = "regression/readers.rs"]

@@ -141,8 +141,9 @@ pub struct Input {
     pub stop_hook_active: bool,
 }
 
-/// Largest hook payload read from stdin: 1 MiB.
-pub const MAX_INPUT: usize = 1 << 20;
+/// Largest hook payload read from stdin: 16 MiB (a PostToolUse payload carries the tool's
+/// whole response). A bigger one is drained, so the agent's write never fails, and ignored.
+pub const MAX_INPUT: usize = 16 << 20;
 
 /// What a hook run decided to print, and which messages to ack once it is printed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -173,7 +174,7 @@ pub fn handle(
     names::check_id(&input.session_id)?;
     let endpoint = match (event, store.lookup(&input.session_id)?) {
         (Event::SessionStart, _) => ensure_session(store, agent, &input)?,
-        (_, Lookup::Found(e)) if e.id == input.session_id => e,
+        (_, Lookup::Found(e)) if e.id == input.session_id && e.kind == agent.kind() => e,
         // Hooks installed mid-session: the first hook to run registers it.
         _ => ensure_session(store, agent, &input)?,
     };
@@ -294,6 +295,16 @@ pub(crate) fn ensure_session(
         Lookup::Found(e) if e.id == input.session_id => Some(e),
         _ => None,
     };
+    // A payload may only name a session of this agent: never another endpoint, whose mail
+    // this hook would show and ack, and whose kind it would change.
+    if let Some(e) = existing.as_ref().filter(|e| e.kind != agent.kind()) {
+        anyhow::bail!(
+            "session_id {} names a {} endpoint, not a {} session; nothing done",
+            e.id,
+            e.kind,
+            agent.display()
+        );
+    }
     // The same agent process may have been another session before (`/clear` starts a new
     // session id): its name follows the agent, so mail to that name keeps arriving.
     let previous = match &agent_proc {

@@ -118,32 +118,43 @@ pub fn from_binding(store: &dyn Store) -> store::Result<Option<Me>> {
     }))
 }
 
-/// The session ids an MCP request names in its `_meta`, best first: Codex's `threadId`,
-/// `sessionId`, then `x-codex-turn-metadata.thread_id` / `.session_id` (REPORT of Codex
-/// 0.171: all four are sent with every `tools/call`; in `codex exec` they are equal).
-/// Only strings that are valid endpoint ids ([`store::names::check_id`]) are kept, without
-/// duplicates; empty when the request names no session (Claude Code sends only
-/// `claudecode/toolUseId`).
+/// The session ids an MCP request names in its `_meta`: Codex's `threadId` and
+/// `x-codex-turn-metadata.thread_id`; only when neither is there, `sessionId` and
+/// `x-codex-turn-metadata.session_id` (Codex 0.171 sends all four with every `tools/call`;
+/// in `codex exec` they are equal). Only UUID-shaped valid endpoint ids
+/// ([`store::names::check_id`]) are kept, without duplicates; empty when the request names
+/// no session (Claude Code sends only `claudecode/toolUseId`).
 pub fn request_ids(meta: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
     let turn = meta.get("x-codex-turn-metadata");
-    let found = [
-        meta.get("threadId"),
-        meta.get("sessionId"),
-        turn.and_then(|t| t.get("thread_id")),
-        turn.and_then(|t| t.get("session_id")),
-    ];
-    let mut out: Vec<String> = Vec::new();
-    for id in found.into_iter().flatten().filter_map(|v| v.as_str()) {
-        if store::names::check_id(id).is_ok() && !out.iter().any(|o| o == id) {
-            out.push(id.to_string());
+    let keep = |vals: [Option<&serde_json::Value>; 2]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for id in vals.into_iter().flatten().filter_map(|v| v.as_str()) {
+            if store::names::check_id(id).is_ok()
+                && store::names::is_uuid_shaped(id)
+                && !out.iter().any(|o| o == id)
+            {
+                out.push(id.to_string());
+            }
         }
+        out
+    };
+    // The thread is the session (its hooks register the thread id); a session id is only
+    // consulted when no thread is named, so a subagent's thread never falls through to a
+    // parent's session id.
+    let threads = keep([meta.get("threadId"), turn.and_then(|t| t.get("thread_id"))]);
+    if !threads.is_empty() {
+        return threads;
     }
-    out
+    keep([
+        meta.get("sessionId"),
+        turn.and_then(|t| t.get("session_id")),
+    ])
 }
 
-/// The first of `ids` (see [`request_ids`]) that is exactly the id of a registered
-/// endpoint, as [`Source::Request`]. A name or an id prefix never matches: only the
-/// session's own id, which the agent's hooks registered.
+/// The first of `ids` (see [`request_ids`]) that is exactly the id of a registered Codex
+/// session endpoint, as [`Source::Request`]. A name, an id prefix or another kind of
+/// endpoint (a process, a Claude Code session) never matches: only the session's own id,
+/// which the agent's hooks registered.
 ///
 /// # Errors
 /// Store errors.
@@ -151,6 +162,7 @@ pub fn from_request(store: &dyn Store, ids: &[String]) -> store::Result<Option<M
     for id in ids {
         if let store::Lookup::Found(endpoint) = store.lookup(id)?
             && endpoint.id == *id
+            && endpoint.kind == store::Kind::Codex
         {
             return Ok(Some(Me {
                 endpoint,

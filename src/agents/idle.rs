@@ -268,7 +268,7 @@ fn wait_inner(
         .map(|s| s.process)
         .ok_or_else(|| anyhow::anyhow!("cannot read this process's /proc entry"))?;
     let endpoint = match store.lookup(&input.session_id)? {
-        Lookup::Found(e) if e.id == input.session_id => e,
+        Lookup::Found(e) if e.id == input.session_id && e.kind == agent.kind() => e,
         _ => hook::ensure_session(store, agent, &input)?,
     };
     let cancel = crate::store::Cancel::new();

@@ -55,6 +55,9 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     if input.len() > MAX_INPUT {
+        // Read the rest too: an agent whose write to a closed pipe fails may report the
+        // hook as broken.
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
         tracing::error!("relay hook: payload over {MAX_INPUT} bytes; ignored");
         return Ok(EXIT_OK);
     }

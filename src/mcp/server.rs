@@ -455,13 +455,28 @@ impl RelayServer {
             let current = s.resolve_me(store.as_ref()).ok().map(|me| me.endpoint.id);
             // A session the request names but nobody registered (its hooks did not run)
             // gets its own id, so its next calls find it through _meta again.
-            let (id, default_kind) = match current {
+            let (id, default_kind) = match current.clone() {
                 Some(id) => (Some(id), None),
                 None => (
                     s.request.first().cloned(),
                     s.client.filter(|_| !s.request.is_empty()).map(|a| a.kind()),
                 ),
             };
+            // The request may name only a Codex session of its own: never another
+            // endpoint, which this would rename.
+            if current.is_none()
+                && let Some(rid) = &id
+                && let crate::store::Lookup::Found(e) = store.lookup(rid)?
+                && e.id == *rid
+                && e.kind != crate::store::Kind::Codex
+            {
+                return Err(UsageError(format!(
+                    "the request's _meta names {rid}, a {} endpoint, not a Codex session; \
+                     nothing was registered",
+                    e.kind
+                ))
+                .into());
+            }
             let reg = store.register(&Registration {
                 id,
                 name: Some(p.name),

@@ -18,11 +18,16 @@ use relay::wire::{CATALOGUE_HASH, Msg, VERSION};
 /// A field of `/proc/<pid>/status` (`Threads`, `VmRSS`, `VmHWM` …) as its number (kB for
 /// the memory fields).
 fn status_field(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status_field_if_running(pid, field)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// [`status_field`], or `None` once the process has exited (a zombie has no memory fields).
+fn status_field_if_running(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// A background relay process (killed when dropped).
@@ -325,6 +330,10 @@ fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
     let mut offset = 0u64;
     let total = 256u64 << 20;
     let mut refused = None;
+    // The receiver may exit once it refused the stream, and an exited process has no
+    // memory figures: its peak is sampled while the push runs, and once more at the end.
+    let mut peak = status_field(pid, "VmHWM");
+    let mut n = 0u64;
     while offset < total {
         if let Err(e) = conn.write_frame(Msg::StreamData(StreamData {
             stream_id: 1,
@@ -335,8 +344,16 @@ fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
             break;
         }
         offset += chunk.len() as u64;
+        n += 1;
+        if n.is_multiple_of(256)
+            && let Some(p) = status_field_if_running(pid, "VmHWM")
+        {
+            peak = peak.max(p);
+        }
     }
-    let peak = status_field(pid, "VmHWM");
+    if let Some(p) = status_field_if_running(pid, "VmHWM") {
+        peak = peak.max(p);
+    }
     eprintln!(
         "receiver RSS: {} MiB before, peak {} MiB after the writer pushed {} KiB ignoring a \
          64 KiB window",
