@@ -10,6 +10,8 @@ mod errors;
 mod identity;
 #[path = "regression/idle.rs"]
 mod idle;
+#[path = "regression/install.rs"]
+mod install;
 #[path = "regression/readers.rs"]
 mod readers;
 #[path = "regression/resources.rs"]

@@ -720,13 +720,16 @@ fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Re
 /// other keys of the table (e.g. `tool_timeout_sec`) and other `env` keys are the user's
 /// and stay. Only keys whose value differs are written, so an install over a current
 /// entry changes no byte. Uninstall removes the table and the `[hooks.state."<key>"]`
-/// trust tables named in `trust_keys` (relay's hooks, see [`codex_trust_keys`]).
+/// trust tables named in `trust_keys` (relay's hooks, see [`codex_trust_keys`]). Either
+/// way, the trust of the user's own hooks follows them when relay's edit moved them to
+/// another position (`trust_moves`, see [`codex_trust_moves`]).
 fn edit_codex_toml(
     text: Option<&str>,
     path: &Path,
     env: &Env,
     action: Action,
     trust_keys: &[String],
+    trust_moves: &[(String, String)],
 ) -> Result<Option<String>, Error> {
     use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value as TomlValue, value};
     let mut doc: DocumentMut = text
@@ -840,6 +843,7 @@ fn edit_codex_toml(
             remove_trust(&mut doc, trust_keys);
         }
     }
+    move_trust(&mut doc, trust_moves);
     let out = doc.to_string();
     Ok(if out.is_empty() && text.is_none() {
         None
@@ -866,6 +870,82 @@ fn remove_trust(doc: &mut toml_edit::DocumentMut, keys: &[String]) {
     if hooks.is_empty() {
         doc.remove("hooks");
     }
+}
+
+/// Renames `[hooks.state."<old>"]` to `"<new>"` for each move. All moved tables are taken
+/// out first and put back under their new keys, so moves that chain (1→0 while 2→1) never
+/// overwrite each other.
+fn move_trust(doc: &mut toml_edit::DocumentMut, moves: &[(String, String)]) {
+    use toml_edit::Item;
+    let Some(state) = doc
+        .get_mut("hooks")
+        .and_then(|h| h.get_mut("state"))
+        .and_then(Item::as_table_like_mut)
+    else {
+        return;
+    };
+    let taken: Vec<(String, Item)> = moves
+        .iter()
+        .filter_map(|(old, new)| Some((new.clone(), state.remove(old)?)))
+        .collect();
+    for (new, item) in taken {
+        state.insert(&new, item);
+    }
+}
+
+/// How the trust keys of the user's own Codex hooks move when relay's edit of hooks.json
+/// (`before` → `after`, parsed) shifts their groups: Codex keys trust by position
+/// (`<path>:<event>:<group>:<handler>`), so removing relay's group before a user's group
+/// would leave that user hook untrusted — and silently skipped — under its new position.
+/// Each group that is not relay's is matched to its first equal, unused group in `after`.
+pub fn codex_trust_moves(
+    before: &Value,
+    after: &Value,
+    hooks_path: &Path,
+    exe: &Path,
+) -> Vec<(String, String)> {
+    let mut paths = vec![hooks_path.to_string_lossy().into_owned()];
+    if let Ok(c) = std::fs::canonicalize(hooks_path) {
+        let c = c.to_string_lossy().into_owned();
+        if !paths.contains(&c) {
+            paths.push(c);
+        }
+    }
+    let mut moves = Vec::new();
+    let mut names: Vec<&str> = Event::ALL.iter().map(|e| e.hook_event_name()).collect();
+    names.dedup();
+    for name in names {
+        let empty = Vec::new();
+        let old = before["hooks"][name].as_array().unwrap_or(&empty);
+        let new = after["hooks"][name].as_array().unwrap_or(&empty);
+        let mut used = vec![false; new.len()];
+        for (g, group) in old.iter().enumerate() {
+            let ours = group["hooks"].as_array().into_iter().flatten().any(|h| {
+                h["command"].as_str().is_some_and(|c| {
+                    Event::ALL
+                        .iter()
+                        .any(|e| is_relay_hook(c, Agent::Codex, *e, exe))
+                })
+            });
+            if ours {
+                continue;
+            }
+            let Some(to) = (0..new.len()).find(|&i| !used[i] && new[i] == *group) else {
+                continue;
+            };
+            used[to] = true;
+            if to != g {
+                let handlers = group["hooks"].as_array().map_or(0, Vec::len);
+                for h in 0..handlers {
+                    for p in &paths {
+                        let ev = snake_case(name);
+                        moves.push((format!("{p}:{ev}:{g}:{h}"), format!("{p}:{ev}:{to}:{h}")));
+                    }
+                }
+            }
+        }
+    }
+    moves
 }
 
 /// Codex's event names in trust keys: `SessionStart` → `session_start`.
@@ -986,9 +1066,26 @@ pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Pla
                     .map(|v| codex_trust_keys(&v, &hooks_path, &env.exe))
                     .unwrap_or_default(),
             };
+            let parsed = |t: Option<&str>| {
+                t.and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .unwrap_or(Value::Null)
+            };
+            let trust_moves = codex_trust_moves(
+                &parsed(hooks.before.as_deref()),
+                &parsed(hooks.after.as_deref()),
+                &hooks_path,
+                &env.exe,
+            );
             let config = codex::config_path(scope, &env.home, &env.project);
             let before = read(&config)?;
-            let after = edit_codex_toml(before.as_deref(), &config, env, action, &trust_keys)?;
+            let after = edit_codex_toml(
+                before.as_deref(),
+                &config,
+                env,
+                action,
+                &trust_keys,
+                &trust_moves,
+            )?;
             let toml = FileChange {
                 path: config,
                 what: "Codex MCP servers",

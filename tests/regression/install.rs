@@ -1,0 +1,49 @@
+//! Issue 10 review: install and uninstall must leave the user's own entries working.
+
+use super::common::{Home, run};
+
+/// Codex keys the trust of a hook by its position (`<hooks.json>:stop:<group>:<handler>`).
+/// Uninstall removed relay's Stop group, so the user's Stop group after it moved from 1 to
+/// 0 and lost its trust — and Codex skips an untrusted hook without a word.
+#[test]
+fn uninstall_keeps_the_trust_of_user_hooks_that_moved() {
+    let h = Home::new();
+    let user_home = h.path().with_file_name("user");
+    let codex = user_home.join(".codex");
+    std::fs::create_dir_all(&codex).unwrap();
+    let relay = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("HOME", &user_home).env("CODEX_HOME", &codex);
+        let r = run(c, None, super::common::DEADLINE);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    };
+    relay(&["install", "codex"]);
+    let hooks_path = codex.join("hooks.json");
+    let mut hooks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&hooks_path).unwrap()).unwrap();
+    let stop = hooks["hooks"]["Stop"].as_array_mut().unwrap();
+    assert_eq!(stop.len(), 1, "relay's Stop group first");
+    stop.push(serde_json::json!({"hooks": [{"type": "command", "command": "/usr/bin/notify-me"}]}));
+    std::fs::write(&hooks_path, serde_json::to_string_pretty(&hooks).unwrap()).unwrap();
+    let p = hooks_path.display();
+    let config = codex.join("config.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[hooks.state.\"{p}:stop:0:0\"]\ntrusted_hash = \"sha256:relay\"\n\
+         \n[hooks.state.\"{p}:stop:1:0\"]\ntrusted_hash = \"sha256:user\"\n"
+    ));
+    std::fs::write(&config, toml).unwrap();
+    relay(&["uninstall", "codex"]);
+    let after = std::fs::read_to_string(&config).unwrap();
+    let doc: toml_edit::DocumentMut = after.parse().unwrap();
+    let state = &doc["hooks"]["state"];
+    assert_eq!(
+        state[&format!("{p}:stop:0:0")]["trusted_hash"].as_str(),
+        Some("sha256:user"),
+        "the user's hook, now first, keeps its trust:\n{after}"
+    );
+    assert!(
+        state.get(format!("{p}:stop:1:0")).is_none(),
+        "no stale key:\n{after}"
+    );
+}
