@@ -699,8 +699,22 @@ fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Re
             mcp_env.shift_remove("RELAY_HOME");
         }
     }
-    let wanted = json!({"type": "stdio", "command": env.exe.to_string_lossy(), "args": ["mcp"],
-        "env": mcp_env});
+    // relay's keys are set; any other key of an existing entry (a `timeout`, say) is the
+    // user's and stays, in its place.
+    let mut wanted = servers
+        .get("relay")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in [
+        ("type", json!("stdio")),
+        ("command", json!(env.exe.to_string_lossy())),
+        ("args", json!(["mcp"])),
+        ("env", Value::Object(mcp_env)),
+    ] {
+        wanted.insert(k.into(), v);
+    }
+    let wanted = Value::Object(wanted);
     match action {
         Action::Install => {
             if servers.get("relay") != Some(&wanted) {

@@ -47,3 +47,28 @@ fn uninstall_keeps_the_trust_of_user_hooks_that_moved() {
         "no stale key:\n{after}"
     );
 }
+
+/// Installing over an existing `mcpServers.relay` replaced the entry whole, dropping the
+/// user's own keys (a `timeout`).
+#[test]
+fn install_keeps_the_users_keys_in_the_relay_mcp_entry() {
+    let h = Home::new();
+    let user_home = h.path().with_file_name("user");
+    std::fs::create_dir_all(&user_home).unwrap();
+    let file = user_home.join(".claude.json");
+    std::fs::write(
+        &file,
+        r#"{"mcpServers":{"relay":{"type":"stdio","command":"/usr/local/bin/relay","args":["mcp"],"env":{"FOO":"bar"},"timeout":99}}}"#,
+    )
+    .unwrap();
+    let mut c = h.cmd(&["install", "claude"]);
+    c.env("HOME", &user_home).env_remove("CLAUDE_CONFIG_DIR");
+    let r = run(c, None, super::common::DEADLINE);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let entry = &v["mcpServers"]["relay"];
+    assert_eq!(entry["timeout"], 99, "{entry}");
+    assert_eq!(entry["env"]["FOO"], "bar", "{entry}");
+    assert_eq!(entry["args"], serde_json::json!(["mcp"]));
+}
