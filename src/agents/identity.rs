@@ -229,7 +229,13 @@ mod tests {
         assert_eq!(
             request_ids(&meta(json!({"threadId": t, "sessionId": s,
                 "x-codex-turn-metadata": {"thread_id": t, "session_id": s}}))),
-            [t, s]
+            [t],
+            "a named thread wins over any session id"
+        );
+        assert_eq!(
+            request_ids(&meta(json!({"threadId": "worker-1", "sessionId": s}))),
+            [s],
+            "only UUID-shaped ids count"
         );
         assert_eq!(
             request_ids(&meta(json!({"x-codex-turn-metadata": {"session_id": s}}))),
