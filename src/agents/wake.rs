@@ -500,33 +500,7 @@ pub fn run(
     store: Option<&dyn Store>,
 ) -> Result<Report, Error> {
     let mut invocation = invocation(e, nudge)?;
-    if invocation.via == Via::Inject {
-        let report = Report {
-            endpoint_id: e.id.clone(),
-            invocation,
-            dry_run,
-            exit_code: None,
-            timed_out: false,
-            duration_ms: 0,
-            stdout_tail: String::new(),
-            stderr_tail: String::new(),
-            turn: None,
-            injected: Vec::new(),
-            error: None,
-        };
-        if dry_run {
-            return Ok(report);
-        }
-        match inject(relay_home, e, nudge, timeout, wait_for_lock, store, report)? {
-            Some(report) => return Ok(report),
-            None => invocation = resume_plan(e, Agent::Codex, nudge)?,
-        }
-    }
-    // Resolved here, in relay's own directory: the child's PATH search would run after
-    // its chdir into the session's directory.
-    let program = find_program(&invocation.argv[0], std::env::var_os("PATH").as_deref())?;
-    invocation.argv[0] = program.to_string_lossy().into_owned();
-    let mut report = Report {
+    let planned = |invocation| Report {
         endpoint_id: e.id.clone(),
         invocation,
         dry_run,
@@ -539,6 +513,21 @@ pub fn run(
         injected: Vec::new(),
         error: None,
     };
+    if invocation.via == Via::Inject {
+        let report = planned(invocation);
+        if dry_run {
+            return Ok(report);
+        }
+        match inject(relay_home, e, nudge, timeout, wait_for_lock, store, report)? {
+            Some(report) => return Ok(report),
+            None => invocation = resume_plan(e, Agent::Codex, nudge)?,
+        }
+    }
+    // Resolved here, in relay's own directory: the child's PATH search would run after
+    // its chdir into the session's directory.
+    let program = find_program(&invocation.argv[0], std::env::var_os("PATH").as_deref())?;
+    invocation.argv[0] = program.to_string_lossy().into_owned();
+    let mut report = planned(invocation);
     if dry_run {
         return Ok(report);
     }

@@ -132,15 +132,7 @@ pub fn run(n: usize, tick: &dyn Fn()) -> anyhow::Result<Report> {
 
 /// The report as Markdown, for bench/results/hook.md.
 pub fn markdown(r: &Report, when: &str) -> String {
-    let row = |name: &str, l: &Latency| {
-        format!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
-            l.samples,
-            l.p50_us / 1000.0,
-            l.p99_us / 1000.0,
-            l.max_us / 1000.0
-        )
-    };
+    let row = super::ms_row;
     let mut s = super::report_header(
         "relay bench hook",
         &format!("relay bench hook --n {}", r.n),

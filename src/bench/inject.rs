@@ -440,15 +440,7 @@ pub fn run(n: usize, claude: &Path, tick: &dyn Fn()) -> anyhow::Result<Report> {
 
 /// The report as Markdown, for bench/results/inject.md.
 pub fn markdown(r: &Report, when: &str) -> String {
-    let row = |name: &str, l: &Latency| {
-        format!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
-            l.samples,
-            l.p50_us / 1000.0,
-            l.p99_us / 1000.0,
-            l.max_us / 1000.0
-        )
-    };
+    let row = super::ms_row;
     let mut s = super::report_header(
         "relay bench inject",
         &format!("relay bench inject --n {}", r.n),

@@ -165,6 +165,17 @@ pub fn quiet_child(args: &[String]) -> anyhow::Result<std::process::Child> {
         .context("cannot start the benchmark child")
 }
 
+/// One Markdown table row `| name | samples | p50 | p99 | max |`, in milliseconds.
+pub fn ms_row(name: &str, l: &Latency) -> String {
+    format!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} |\n",
+        l.samples,
+        l.p50_us / 1000.0,
+        l.p99_us / 1000.0,
+        l.max_us / 1000.0
+    )
+}
+
 /// The top of every report: title, when and how it was measured, and the machine.
 pub fn report_header(title: &str, command: &str, m: &Machine, when: &str) -> String {
     format!(

@@ -25,6 +25,13 @@ pub struct Mcp {
 impl Mcp {
     /// Starts `relay mcp --as <as_>` (or with no identity for `None`) and initializes it.
     pub fn start(h: &Home, as_: Option<&str>) -> Mcp {
+        let mut m = Mcp::spawn(h, as_);
+        m.initialize();
+        m
+    }
+
+    /// Spawns `relay mcp [--as as_]` without initializing it.
+    fn spawn(h: &Home, as_: Option<&str>) -> Mcp {
         let mut args = vec!["mcp"];
         if let Some(a) = as_ {
             args.extend(["--as", a]);
@@ -47,14 +54,12 @@ impl Mcp {
                 }
             }
         });
-        let mut m = Mcp {
+        Mcp {
             child,
             stdin,
             lines,
             next: 1_000_000,
-        };
-        m.initialize();
-        m
+        }
     }
 
     pub fn initialize(&mut self) {
@@ -136,34 +141,7 @@ impl Mcp {
     /// Like [`Mcp::start`], but `initialize` names the client `client` (e.g. Codex's
     /// `codex-mcp-client`), so the server can tell which agent it serves.
     pub fn start_client(h: &Home, as_: Option<&str>, client: &str) -> Mcp {
-        let mut args = vec!["mcp"];
-        if let Some(a) = as_ {
-            args.extend(["--as", a]);
-        }
-        let mut child = h
-            .cmd(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn relay mcp");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut m = Mcp {
-            child,
-            stdin,
-            lines,
-            next: 1_000_000,
-        };
+        let mut m = Mcp::spawn(h, as_);
         m.send(
             &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-06-18","capabilities":{},
