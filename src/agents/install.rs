@@ -858,7 +858,17 @@ fn edit_codex_toml(
         }
     }
     move_trust(&mut doc, trust_moves);
-    let out = doc.to_string();
+    let mut out = doc.to_string();
+    if let Some(t) = text {
+        // toml_edit writes LF: an edit that changed nothing keeps the file's own bytes,
+        // and a file written with CRLF keeps CRLF.
+        if t.parse::<DocumentMut>().is_ok_and(|d| d.to_string() == out) {
+            return Ok(Some(t.to_string()));
+        }
+        if t.contains("\r\n") {
+            out = out.replace("\r\n", "\n").replace('\n', "\r\n");
+        }
+    }
     Ok(if out.is_empty() && text.is_none() {
         None
     } else {

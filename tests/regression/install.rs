@@ -72,3 +72,36 @@ fn install_keeps_the_users_keys_in_the_relay_mcp_entry() {
     assert_eq!(entry["env"]["FOO"], "bar", "{entry}");
     assert_eq!(entry["args"], serde_json::json!(["mcp"]));
 }
+
+/// A config.toml written with CRLF came back with LF everywhere, even from an uninstall
+/// with nothing to remove, and install → uninstall was no longer byte-identical.
+#[test]
+fn a_crlf_codex_config_keeps_its_line_endings() {
+    let h = Home::new();
+    let user_home = h.path().with_file_name("user");
+    let codex = user_home.join(".codex");
+    std::fs::create_dir_all(&codex).unwrap();
+    let config = codex.join("config.toml");
+    let original = "model = \"m\"\r\n\r\n[mcp_servers.other]\r\ncommand = \"x\"\r\n";
+    std::fs::write(&config, original).unwrap();
+    let relay = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("HOME", &user_home).env("CODEX_HOME", &codex);
+        let r = run(c, None, super::common::DEADLINE);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    };
+    relay(&["uninstall", "codex"]);
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "a no-op"
+    );
+    relay(&["install", "codex"]);
+    let installed = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !installed.replace("\r\n", "").contains('\n'),
+        "LF crept in:\n{installed:?}"
+    );
+    relay(&["uninstall", "codex"]);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+}
