@@ -152,10 +152,9 @@ pub enum Error {
         /// The parser's message.
         reason: String,
     },
-    /// A JSON config's top level, or a part relay edits, has the wrong type.
-    #[error(
-        "{path}: {what} is not a JSON object; fix the file, then run again (nothing was changed)"
-    )]
+    /// A config's top level, or a part relay edits, has the wrong type (`what` says which
+    /// part and what was expected).
+    #[error("{path}: {what}; fix the file, then run again (nothing was changed)")]
     Shape {
         /// The file.
         path: PathBuf,
@@ -573,7 +572,7 @@ fn parse_json(path: &Path, text: Option<&str>) -> Result<Value, Error> {
             if !v.is_object() {
                 return Err(Error::Shape {
                     path: path.to_path_buf(),
-                    what: "the top level".into(),
+                    what: "the top level is not a JSON object".into(),
                 });
             }
             Ok(v)
@@ -591,7 +590,7 @@ fn object_at<'a>(
     let entry = obj.entry(key.to_string()).or_insert_with(|| json!({}));
     entry.as_object_mut().ok_or_else(|| Error::Shape {
         path: path.to_path_buf(),
-        what: format!("\"{key}\""),
+        what: format!("\"{key}\" is not a JSON object"),
     })
 }
 
@@ -635,7 +634,7 @@ fn edit_hooks(
         let Some(list) = groups.as_array_mut() else {
             return Err(Error::Shape {
                 path: path.to_path_buf(),
-                what: format!("hooks.{name} (expected an array)"),
+                what: format!("hooks.{name} is not a JSON array"),
             });
         };
         let command_of = |g: &Value| -> Option<String> {
@@ -780,7 +779,12 @@ fn edit_codex_toml(
                     Item::Table(t)
                 })
                 .as_table_mut()
-                .ok_or_else(|| shape("mcp_servers (expected a table)"))?;
+                .ok_or_else(|| {
+                    shape(
+                        "mcp_servers is not a TOML table (relay edits [mcp_servers.NAME] \
+                         tables, not an inline `mcp_servers = { … }`)",
+                    )
+                })?;
             if !servers.get("relay").is_some_and(Item::is_table) {
                 servers.insert("relay", Item::Table(Table::new()));
             }
@@ -821,7 +825,7 @@ fn edit_codex_toml(
                         Some(Item::Value(TomlValue::InlineTable(e))) => {
                             e.insert("RELAY_HOME", h.into());
                         }
-                        Some(_) => return Err(shape("mcp_servers.relay.env (expected a table)")),
+                        Some(_) => return Err(shape("mcp_servers.relay.env is not a TOML table")),
                         None => {
                             let mut e = InlineTable::new();
                             e.insert("RELAY_HOME", h.into());
