@@ -11,13 +11,13 @@
 //! goes out; they never touch SQL:
 //! - [`cli`] — the `relay` command line: one thin file per subcommand.
 //! - [`mcp`] — the relay tools over MCP on stdio.
-//! - [`agents::hook`] — agent hooks (SessionStart, UserPromptSubmit, Stop) that put mail
-//!   into a session's context, behind the untrusted-data [`agents::fence`].
+//! - [`agents::hook`] — agent hooks (SessionStart, UserPromptSubmit, PostToolUse, Stop) that
+//!   put mail into a session's context, behind the untrusted-data [`agents::fence`].
 //!
 //! Routing — every send goes through here:
-//! - [`route`] — [`route::decide`] picks a route (live, mailbox, wake, reject) from facts
-//!   about the target (pure, no I/O); [`route::dispatch`] gathers the facts and carries the
-//!   decision out.
+//! - [`route`] — [`route::decide`] picks a route (live, inject, mailbox, wake, reject) from
+//!   facts about the target and the loop guard's counts (pure, no I/O); [`route::dispatch`]
+//!   gathers the facts and carries the decision out.
 //!
 //! Carriers — where a routed message goes:
 //! - [`transport`] — live delivery over a Unix socket: framed connections, the versioned
@@ -29,7 +29,9 @@
 //!   receipts, leases, wait) and its SQLite backend, with a doorbell so waiters wake
 //!   without polling.
 //! - [`agents`]' session APIs — who a session is ([`agents::identity`]), config install,
-//!   session discovery, and [`agents::wake`] for a dormant session.
+//!   session discovery, in-place delivery to an idle session ([`agents::idle`], Claude
+//!   Code's waiter; [`agents::codex_app`], a turn through Codex's app-server), and
+//!   [`agents::wake`] for a dormant session.
 //!
 //! Alongside:
 //! - [`demo`] — `relay demo`: the main job on real processes, with a lost/duplicated count.
