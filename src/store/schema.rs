@@ -83,6 +83,16 @@ const _: () = assert!(APPLICATION_ID == 1_380_729_177);
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
+/// Whether the database file's header says it is in WAL mode (bytes 18 and 19, the file
+/// format write and read versions, are 2), which SQLite keeps across connections: then the
+/// `journal_mode` switch can be skipped. False when unreadable.
+pub(crate) fn header_says_wal(path: &Path) -> bool {
+    let mut head = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head[..16] == *SQLITE_MAGIC && head[18] == 2 && head[19] == 2)
+}
+
 /// SQLite's 16-byte file header.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -126,6 +136,17 @@ const OBJECTS_NAMED: usize = 5;
 /// transaction that creates its tables, so objects at version 0 are someone else's.
 /// Reads only.
 pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
+    // The common case, cheaply: relay's application id and this binary's version. Both
+    // pragmas read the file header, not the schema; each value only ever moves toward the
+    // final one, so two reads that both show it are the final state. Anything else takes
+    // the full check below, from one snapshot.
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app == APPLICATION_ID {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
+            return Ok(version);
+        }
+    }
     // The version, the application id and what tables exist are read by one statement,
     // so from one snapshot: read apart, another process's first migration (tables and
     // version 1 in one commit) could fall between them and make a fresh relay database

@@ -78,9 +78,13 @@ impl SqliteStore {
         conn.busy_handler(Some(busy_backoff()))?;
         // Version first: a newer database must be refused before anything could write.
         schema::check_version(&conn, &path).map_err(|e| not_a_db_err(e, &path))?;
-        let mode = wal(&conn)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(journal_mode = %mode, "could not switch the database to WAL");
+        // WAL is kept in the file; switching again would cost a statement on every open,
+        // and hooks open the store once per tool call.
+        if !schema::header_says_wal(&path) {
+            let mode = wal(&conn)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(journal_mode = %mode, "could not switch the database to WAL");
+            }
         }
         let sync = match config.durability {
             Durability::Normal => "NORMAL",

@@ -382,3 +382,27 @@ fn a_stream_writer_that_ignores_credit_is_closed_with_a_protocol_error() {
         "the error names the window: {err}"
     );
 }
+
+/// The journal_mode switch is skipped when the file header already says WAL (a hook opens
+/// the store on every tool call); a database someone turned back to a rollback journal is
+/// still switched to WAL on the next open.
+#[test]
+fn the_store_is_in_wal_mode_after_every_open() {
+    let h = Home::new();
+    h.register("a");
+    let mode = || -> String {
+        let c = rusqlite::Connection::open(h.db()).unwrap();
+        c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(mode(), "wal");
+    {
+        let c = rusqlite::Connection::open(h.db()).unwrap();
+        let m: String = c
+            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(m, "delete");
+    }
+    h.register("b");
+    assert_eq!(mode(), "wal");
+}
