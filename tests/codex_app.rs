@@ -10,6 +10,9 @@
 //! - Against hostile fake daemons: silence, garbage, broken frames, endless notifications
 //!   each end in an error within the timeout.
 
+#[path = "real_agents/clients.rs"]
+mod clients;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -207,14 +210,10 @@ fn serve(conn: TcpStream, log: &Log) {
 // ---------------------------------------------------------------------------------------
 // The real daemon.
 
+/// The codex client, located as every real-agent test locates it ([`clients::client`]): a
+/// visible `skipped:` line without it, a failure under `RELAY_REQUIRE_AGENTS=1` (CI).
 fn codex_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RELAY_CODEX_BIN") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    if let Ok(p) = relay::agents::wake::find_program("codex", std::env::var_os("PATH").as_deref()) {
-        return Some(p);
-    }
-    Some(PathBuf::from("/tmp/agentcli/node_modules/.bin/codex")).filter(|p| p.is_file())
+    clients::client("codex")
 }
 
 /// Runs `cmd` to completion within `deadline`, killing it after. Its output is read by two
@@ -405,8 +404,7 @@ impl TestClient {
 #[test]
 fn real_codex_daemon_runs_injected_mail_as_a_turn_in_that_session() {
     let Some(bin) = codex_bin() else {
-        eprintln!("skipped: no codex binary (RELAY_CODEX_BIN, PATH, /tmp/agentcli)");
-        return;
+        return; // `clients::client` printed why
     };
     let started = Instant::now();
     let standin = StandIn::start(Duration::from_secs(90));

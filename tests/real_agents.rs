@@ -6,6 +6,9 @@
 
 mod common;
 
+#[path = "real_agents/clients.rs"]
+mod clients;
+
 #[path = "real_agents/harness.rs"]
 mod harness;
 
