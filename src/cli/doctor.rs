@@ -221,9 +221,13 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
             out.push(check(name, Status::Ok, detail, None));
         } else {
             let points: Vec<String> = programs.iter().map(|p| p.display().to_string()).collect();
-            out.push(check(
-                name,
-                Status::Warn,
+            let detail = if !points.is_empty() && programs.iter().all(|p| *p == env.exe) {
+                // This very binary, but not every entry it installs (a hook added in a
+                // newer relay, an MCP environment that changed): `install` would edit.
+                "installed by this relay, but not every entry it installs now (hooks added \
+                 since, or the MCP server's environment changed)"
+                    .to_string()
+            } else {
                 format!(
                     "installed, but incomplete or running {} rather than this relay ({})",
                     if points.is_empty() {
@@ -232,9 +236,9 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
                         points.join(", ")
                     },
                     env.exe.display()
-                ),
-                fix,
-            ));
+                )
+            };
+            out.push(check(name, Status::Warn, detail, fix));
         }
     }
     if !any {

@@ -105,3 +105,32 @@ fn a_crlf_codex_config_keeps_its_line_endings() {
     relay(&["uninstall", "codex"]);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
 }
+
+/// After an upgrade added hooks, doctor said the install was "incomplete or running
+/// /path/relay rather than this relay (/path/relay)" — the same path twice. It now says
+/// what is missing.
+#[test]
+fn doctor_says_an_install_of_this_relay_lacks_newer_entries() {
+    let h = Home::new();
+    let user_home = h.path().with_file_name("user");
+    std::fs::create_dir_all(&user_home).unwrap();
+    let relay = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("HOME", &user_home).env_remove("CLAUDE_CONFIG_DIR");
+        run(c, None, super::common::DEADLINE)
+    };
+    assert_eq!(relay(&["install", "claude"]).code, 0);
+    let settings = user_home.join(".claude/settings.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    v["hooks"].as_object_mut().unwrap().remove("PostToolUse");
+    std::fs::write(&settings, v.to_string()).unwrap();
+    let r = relay(&["doctor"]);
+    assert!(
+        r.stdout
+            .contains("installed by this relay, but not every entry it installs now"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("rather than this relay"), "{}", r.stdout);
+}
