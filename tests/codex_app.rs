@@ -289,16 +289,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // 0.171 links the socket into /tmp/codex-daemon-<uid>/ and leaves that file behind.
-        let linked: Vec<PathBuf> = [
-            codex_app::control_socket(&self.home),
-            self.home
-                .join("app-server-daemon")
-                .join("daemon-updater.sock"),
-        ]
-        .iter()
-        .filter_map(|p| std::fs::read_link(p).ok())
-        .collect();
+        let leftovers = clients::DaemonLeftovers::of(&self.home);
         let (ok, out) = run_bounded(
             self.cmd(&["app-server", "daemon", "stop"]),
             Duration::from_secs(20),
@@ -306,37 +297,7 @@ impl Drop for Daemon {
         if !ok {
             eprintln!("codex app-server daemon stop: {out}");
         }
-        for f in ["daemon-updater.pid", "daemon.pid"] {
-            let Ok(text) = std::fs::read_to_string(self.home.join("app-server-daemon").join(f))
-            else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            let (Some(pid), Some(ticks)) = (
-                v["pid"].as_u64(),
-                v["processIdentity"]["startTicks"].as_u64(),
-            ) else {
-                continue;
-            };
-            let pid = pid as u32;
-            if relay::agents::procfs::stat(pid).is_some_and(|s| s.process.start == ticks)
-                && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
-            {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
-        let uid = rustix::process::geteuid().as_raw();
-        for t in linked.into_iter().filter(|t| {
-            t.parent() == Some(Path::new(&format!("/tmp/codex-daemon-{uid}")))
-                && t.file_name().is_some_and(|n| {
-                    n.len() == 64 && n.to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit())
-                })
-        }) {
-            let _ = std::fs::remove_file(&t);
-            let _ = std::fs::remove_file(t.with_extension("lock"));
-        }
+        leftovers.clean();
     }
 }
 

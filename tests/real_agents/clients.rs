@@ -51,3 +51,77 @@ pub fn client(bin: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// What a Codex app-server daemon of one `CODEX_HOME` leaves to clean up, read before it is
+/// stopped: its recorded processes and the socket links 0.171 makes in
+/// `/tmp/codex-daemon-<uid>/` (and leaves behind). [`DaemonLeftovers::clean`] kills and
+/// removes them after `codex app-server daemon stop` ran.
+pub struct DaemonLeftovers {
+    codex_home: PathBuf,
+    recorded: Vec<(u32, u64)>,
+    linked: Vec<PathBuf>,
+}
+
+impl DaemonLeftovers {
+    /// Notes the daemon of `codex_home` as it is now.
+    pub fn of(codex_home: &Path) -> DaemonLeftovers {
+        let linked = [
+            relay::agents::codex_app::control_socket(codex_home),
+            codex_home
+                .join("app-server-daemon")
+                .join("daemon-updater.sock"),
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read_link(p).ok())
+        .collect();
+        DaemonLeftovers {
+            codex_home: codex_home.to_path_buf(),
+            recorded: recorded(codex_home),
+            linked,
+        }
+    }
+
+    /// Kills the daemon and its pid-update-loop (which 0.171 leaves running) by recorded
+    /// pid and start time — as noted and as recorded now — and removes the socket links.
+    pub fn clean(self) {
+        for (pid, start) in self.recorded.into_iter().chain(recorded(&self.codex_home)) {
+            kill_exact(pid, start);
+        }
+        let uid = rustix::process::geteuid().as_raw();
+        for t in self.linked.into_iter().filter(|t| {
+            t.parent() == Some(Path::new(&format!("/tmp/codex-daemon-{uid}")))
+                && t.file_name().is_some_and(|n| {
+                    n.len() == 64 && n.to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit())
+                })
+        }) {
+            let _ = std::fs::remove_file(&t);
+            let _ = std::fs::remove_file(t.with_extension("lock"));
+        }
+    }
+}
+
+/// The (pid, start ticks) the daemon of `codex_home` recorded for itself and its updater.
+pub fn recorded(codex_home: &Path) -> Vec<(u32, u64)> {
+    ["daemon.pid", "daemon-updater.pid"]
+        .iter()
+        .filter_map(|f| {
+            let p = codex_home.join("app-server-daemon").join(f);
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+            Some((
+                u32::try_from(v["pid"].as_u64()?).ok()?,
+                v["processIdentity"]["startTicks"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Sends SIGKILL to `pid` if it still is the process that started at `start` (clock ticks
+/// since boot), so a reused pid is never hit.
+pub fn kill_exact(pid: u32, start: u64) {
+    if relay::agents::procfs::stat(pid).is_some_and(|s| s.process.start == start)
+        && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}

@@ -17,8 +17,8 @@ use relay::agents::codex_app::{self, Presence};
 use relay::standin::{Recorded, has_tool_result, last_user_text};
 use serde_json::{Value, json};
 
-use crate::common;
 use crate::harness::*;
+use crate::{clients, common};
 
 /// How long a TUI may take to show its composer.
 const READY: Duration = Duration::from_secs(30);
@@ -73,16 +73,6 @@ fn run_quiet(mut cmd: Command, deadline: Duration) -> bool {
     }
 }
 
-/// Sends SIGKILL to `pid` if it still is the process that started at `start` (clock ticks
-/// since boot), so a reused pid is never hit.
-fn kill_exact(pid: u32, start: u64) {
-    if relay::agents::procfs::stat(pid).is_some_and(|s| s.process.start == start)
-        && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
-    {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-    }
-}
-
 /// The Codex app-server daemon of one test's `CODEX_HOME`, however it was started; stopped
 /// when dropped: `codex app-server daemon stop`, then the daemon and its pid-update-loop
 /// (which 0.171 leaves running) by their recorded pid and start time, then any process
@@ -97,21 +87,6 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// The recorded (pid, start ticks) of the daemon and its updater.
-    fn recorded(&self) -> Vec<(u32, u64)> {
-        ["daemon.pid", "daemon-updater.pid"]
-            .iter()
-            .filter_map(|f| {
-                let p = self.codex_home.join("app-server-daemon").join(f);
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
-                Some((
-                    u32::try_from(v["pid"].as_u64()?).ok()?,
-                    v["processIdentity"]["startTicks"].as_u64()?,
-                ))
-            })
-            .collect()
-    }
-
     /// The daemon's pid as its pid file records it.
     fn pid(&self) -> Option<u32> {
         let p = self.codex_home.join("app-server-daemon").join("daemon.pid");
@@ -122,16 +97,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let recorded = self.recorded();
-        let linked: Vec<PathBuf> = [
-            codex_app::control_socket(&self.codex_home),
-            self.codex_home
-                .join("app-server-daemon")
-                .join("daemon-updater.sock"),
-        ]
-        .iter()
-        .filter_map(|p| std::fs::read_link(p).ok())
-        .collect();
+        let leftovers = clients::DaemonLeftovers::of(&self.codex_home);
         let mut stop = Command::new(&self.bin);
         stop.args(["app-server", "daemon", "stop"])
             .env_clear()
@@ -141,25 +107,13 @@ impl Drop for Daemon {
         if !run_quiet(stop, Duration::from_secs(20)) {
             eprintln!("codex app-server daemon stop failed or timed out");
         }
-        for (pid, start) in recorded.into_iter().chain(self.recorded()) {
-            kill_exact(pid, start);
-        }
+        leftovers.clean();
         for words in [&["app-server"][..], &["mcp"][..]] {
             for pid in processes(words, &self.relay_home) {
                 if let Some(s) = relay::agents::procfs::stat(pid) {
-                    kill_exact(pid, s.process.start);
+                    clients::kill_exact(pid, s.process.start);
                 }
             }
-        }
-        let uid = rustix::process::geteuid().as_raw();
-        for t in linked.into_iter().filter(|t| {
-            t.parent() == Some(Path::new(&format!("/tmp/codex-daemon-{uid}")))
-                && t.file_name().is_some_and(|n| {
-                    n.len() == 64 && n.to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit())
-                })
-        }) {
-            let _ = std::fs::remove_file(&t);
-            let _ = std::fs::remove_file(t.with_extension("lock"));
         }
     }
 }
