@@ -412,7 +412,9 @@ fn plan(
         live,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
         wakeable: target.is_some_and(wakeable),
-        injectable: target.is_some_and(injectable),
+        // Asked only where it can matter (a Codex endpoint means a round trip to its
+        // daemon): a live target or one that reads no mailbox is decided before inject.
+        injectable: live != LiveState::Live && target.is_some_and(|t| t.mailbox && injectable(t)),
         replies: target.is_none_or(replies),
         guard,
         body_len: req.body.len(),
