@@ -457,6 +457,33 @@ fn mail_the_waiter_could_not_write_is_given_back_not_acked() {
     );
 }
 
+/// A waiter started with stderr closed took a file relay opened next as its stderr and
+/// "wrote" the mail there (exit 2, mail acked by the next hook, never seen). Now closed
+/// stdio is /dev/null, and a waiter whose stderr nobody reads never waits.
+#[test]
+fn a_waiter_whose_stderr_nobody_reads_does_not_wait() {
+    let home = Home::new();
+    home.register("bob");
+    let r = home.run_stdin(
+        &["hook", "claude", "session-start"],
+        json!({"session_id": SESSION, "cwd": "/tmp", "source": "startup"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.code, 0);
+    for (tag, redirect) in [("closed", "2>&-"), ("null", "2>/dev/null")] {
+        let script = format!(r#""$1" hook claude idle < "$2" {redirect}; echo $? > "$4"; read x"#);
+        let agent = Agent::start_with(&home, SESSION, tag, Some("always"), &script);
+        assert_eq!(agent.wait_rc("the waiter returns"), 0, "{tag}");
+        assert!(
+            waiter_pid(&home, SESSION).is_none(),
+            "{tag}: recorded itself"
+        );
+    }
+    let id = send(&home, "kept")["id"].as_str().unwrap().to_string();
+    assert_eq!(state(&home, &id)["state"], "queued");
+}
+
 /// Review of issue 10: one batch (`send --stdin --lines`) was checked against the counts
 /// from before it, so 1000 lines passed a cap of 30 a minute, and 25 a thread cap of 12.
 #[test]
