@@ -6,6 +6,9 @@
 //!   last transactions, never corrupt) or `full` (`synchronous=FULL`: fsync on every commit).
 //! - `RELAY_MAX_BODY` — body cap in bytes (`262144`, `256KiB`, `1MiB`); default 256 KiB,
 //!   at most 16 MiB.
+//! - `RELAY_STORE` — which store holds endpoints and mail: unset for SQLite in `RELAY_HOME`,
+//!   `sqlite:DIR` for the SQLite store of another home, or `nats://h1:4222,nats://h2:4222`
+//!   for a NATS JetStream cluster (docs/nats.md). Parsed by [`crate::store::open`].
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -62,6 +65,8 @@ pub struct Config {
     pub durability: Durability,
     /// Body cap in bytes.
     pub max_body: usize,
+    /// Where the store is (`RELAY_STORE` / `--store`); `None` = SQLite in `home`.
+    pub store: Option<String>,
 }
 
 impl Config {
@@ -88,10 +93,14 @@ impl Config {
             Ok(v) if !v.is_empty() => parse_size(&v)?,
             _ => DEFAULT_MAX_BODY,
         };
+        let store = std::env::var("RELAY_STORE")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
         Ok(Config {
             home,
             durability,
             max_body,
+            store,
         })
     }
 
@@ -101,6 +110,7 @@ impl Config {
             home: home.into(),
             durability: Durability::Normal,
             max_body: DEFAULT_MAX_BODY,
+            store: None,
         }
     }
 

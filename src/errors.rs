@@ -45,9 +45,11 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
         if let Some(e) = cause.downcast_ref::<crate::agents::wake::Error>() {
             use crate::agents::wake::Error::*;
             return match e {
-                NotAgent { .. } | NotUuid { .. } | NoCwd { .. } | Running { .. } => {
-                    ("not-wakeable", EXIT_REJECTED)
-                }
+                NotAgent { .. }
+                | NotUuid { .. }
+                | OtherHost { .. }
+                | NoCwd { .. }
+                | Running { .. } => ("not-wakeable", EXIT_REJECTED),
                 InProgress { .. } => ("wake-in-progress", EXIT_REJECTED),
                 Spawn { .. } | NotOnPath { .. } | Lock { .. } => ("wake-failed", EXIT_FAILURE),
                 Dir(inner) => classify_store(inner),
@@ -70,6 +72,27 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, u8) {
             .is_some()
         {
             return ("config", EXIT_FAILURE);
+        }
+        if let Some(e) = cause.downcast_ref::<crate::coord::reserve::Error>() {
+            use crate::coord::reserve::Error::*;
+            return match e {
+                Refused(_) => ("reserved", EXIT_REJECTED),
+                Glob(_) => ("bad-glob", EXIT_USAGE),
+                Invalid(_) => ("usage", EXIT_USAGE),
+                Store(inner) => classify_store(inner),
+            };
+        }
+        if cause
+            .downcast_ref::<crate::store::query::QueryError>()
+            .is_some()
+        {
+            return ("bad-query", EXIT_USAGE);
+        }
+        if cause
+            .downcast_ref::<crate::store::overlap::GlobError>()
+            .is_some()
+        {
+            return ("bad-glob", EXIT_USAGE);
         }
         if cause.downcast_ref::<TooLarge>().is_some() {
             return ("too-large", EXIT_REJECTED);
@@ -101,5 +124,7 @@ fn classify_store(e: &store::Error) -> (&'static str, u8) {
         SchemaTooNew { .. } => ("schema-too-new", EXIT_FAILURE),
         Io { .. } => ("io", EXIT_FAILURE),
         Sqlite(_) => ("database", EXIT_FAILURE),
+        BadLocation { .. } => ("usage", EXIT_USAGE),
+        Nats { .. } => ("store-unavailable", EXIT_FAILURE),
     }
 }

@@ -562,3 +562,48 @@ fn a_request_with_wait_returns_the_correlated_reply() {
     ]);
     assert_eq!(r.code, 2);
 }
+
+/// A session registered from another machine (a shared NATS store) is never resumed here:
+/// its pid and working directory describe that machine, not this one.
+#[test]
+fn a_session_on_another_host_is_not_woken_here() {
+    let h = Home::new();
+    let id = "0199aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
+    let cwd = h.path().parent().unwrap().to_string_lossy().into_owned();
+    let mut reg = h.cmd(&[
+        "register",
+        "far",
+        "--kind",
+        "claude-code",
+        "--id",
+        id,
+        "--cwd",
+        &cwd,
+    ]);
+    reg.env("RELAY_HOST", "far-away-box");
+    let out = common::run(reg, None, common::DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    h.run(&["register", "me"]);
+    let roster = h.json(&["roster"]);
+    let far = roster["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "far")
+        .unwrap()
+        .clone();
+    assert_eq!(far["host"], "far-away-box");
+    let send = h.run(&["send", "far", "--as", "me", "--wake", "hello", "--json"]);
+    assert_eq!(send.code, 3, "{}{}", send.stdout, send.stderr);
+    assert!(send.stdout.contains("far-away-box"), "{}", send.stdout);
+    let wake = h.run(&["wake", "far", "--dry-run", "--json"]);
+    assert_ne!(wake.code, 0, "{}", wake.stdout);
+    assert!(
+        wake.stdout.contains("not on this machine"),
+        "{}",
+        wake.stdout
+    );
+    // Without --wake the mail waits in its mailbox, as for any dormant session.
+    let plain = h.json(&["send", "far", "--as", "me", "hello"]);
+    assert_eq!(plain["route"], "mailbox");
+}

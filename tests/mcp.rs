@@ -73,7 +73,21 @@ async fn two_sessions_send_wait_ack_and_the_sender_sees_acked() {
         assert_eq!(
             names,
             [
-                "ack", "inbox", "register", "roster", "send", "status", "wait", "whoami"
+                "ack",
+                "events",
+                "inbox",
+                "register",
+                "release",
+                "renew",
+                "reservations",
+                "reserve",
+                "roster",
+                "search",
+                "send",
+                "status",
+                "thread",
+                "wait",
+                "whoami"
             ]
         );
         for t in &tools {
@@ -238,7 +252,7 @@ async fn garbage_on_stdin_is_ignored_and_stdout_carries_only_protocol_frames() {
             assert_eq!(v["jsonrpc"], "2.0", "{line}");
             match v["id"].as_str() {
                 Some("init") => seen_init = v["result"]["serverInfo"]["name"] == "relay",
-                Some("list") => seen_list = v["result"]["tools"].as_array().is_some_and(|t| t.len() == 8),
+                Some("list") => seen_list = v["result"]["tools"].as_array().is_some_and(|t| t.len() == 15),
                 Some("who") => {
                     let t = v["result"]["content"][0]["text"].as_str().unwrap();
                     let who: Value = serde_json::from_str(t).unwrap();
@@ -291,6 +305,13 @@ async fn every_tool_is_annotated_so_codex_runs_it_without_approval() {
             ("send", false, false),
             ("inbox", false, false),
             ("wait", false, false),
+            ("search", true, true),
+            ("events", true, true),
+            ("thread", true, true),
+            ("reservations", true, true),
+            ("reserve", false, true),
+            ("release", false, true),
+            ("renew", false, true),
         ];
         assert_eq!(tools.len(), want.len());
         for (name, read_only, idempotent) in want {

@@ -186,6 +186,16 @@ fn stale_socket_files_are_reclaimed_and_live_ones_never_touched() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
+    // Another test's child, forked before its exec, may briefly hold a copy of the
+    // dropped listener's fd: the socket is stale only once nothing accepts on it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped socket still accepts"
+        );
+        std::thread::yield_now();
+    }
     let live = Listener::bind(&path).expect("stale socket reclaimed");
     // A second listener for the endpoint is refused by its lock, naming the holder's pid.
     match Listener::bind(&path) {

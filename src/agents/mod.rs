@@ -6,10 +6,12 @@ pub mod codex;
 pub mod codex_app;
 pub mod discover;
 pub mod fence;
+pub mod guard;
 pub mod hook;
 pub mod identity;
 pub mod idle;
 pub mod install;
+pub mod presence;
 pub mod procfs;
 pub mod wake;
 

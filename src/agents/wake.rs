@@ -66,6 +66,19 @@ pub enum Error {
         /// Its id.
         id: String,
     },
+    /// The session lives on another machine (a shared NATS store): only that machine
+    /// can resume it.
+    #[error(
+        "{name} is a session on {host}, not on this machine ({here}); run relay wake there, or send mail and it is read when the session next runs"
+    )]
+    OtherHost {
+        /// Endpoint label.
+        name: String,
+        /// Where it registered.
+        host: String,
+        /// This machine.
+        here: String,
+    },
     /// No working directory is known, or it is gone.
     #[error("{}", no_cwd(name, cwd.as_deref()))]
     NoCwd {
@@ -243,6 +256,10 @@ impl Report {
 
 /// The session's agent process, when it still runs (same pid and start time).
 pub fn running(e: &Endpoint) -> Option<u32> {
+    // A pid from another machine says nothing about this one's processes.
+    if !e.is_local() {
+        return None;
+    }
     let p = crate::store::ProcessRef {
         pid: e.pid?,
         start: e.pid_start?,
@@ -317,7 +334,8 @@ pub fn state(e: &Endpoint, codex_home: Option<&Path>) -> State {
 /// [`codex_home`] of this environment) and working directory.
 ///
 /// # Errors
-/// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::Running`], [`Error::NoCwd`].
+/// [`Error::NotAgent`], [`Error::NotUuid`], [`Error::OtherHost`], [`Error::Running`],
+/// [`Error::NoCwd`].
 pub fn invocation(e: &Endpoint, nudge: &str) -> Result<Invocation, Error> {
     invocation_in(e, nudge, codex_home().as_deref())
 }
@@ -340,6 +358,13 @@ pub fn invocation_in(
         return Err(Error::NotUuid {
             name,
             id: e.id.clone(),
+        });
+    }
+    if !e.is_local() {
+        return Err(Error::OtherHost {
+            name,
+            host: e.host.clone().unwrap_or_default(),
+            here: crate::store::local_host(),
         });
     }
     match state(e, codex_home) {

@@ -8,6 +8,11 @@
 //! - **wake-up** — a sender process stamps the time and sends; a separate waiter process
 //!   blocked in `wait` prints how long until it held the message. Baseline: one-way latency
 //!   (round trip / 2) of an 8-byte ping-pong over a raw Unix socket between two processes.
+//!
+//! With `--store nats://…` ([`run_on`]) the store-level phases run against that NATS
+//! store instead (send, batched send, fetch + ack, wake-up); `synchronous=FULL` and the raw
+//! SQLite insert are SQLite-only and skipped. `relay bench nats` compares NATS with raw
+//! JetStream.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -38,14 +43,17 @@ pub const BATCH: usize = 100;
 pub struct Report {
     /// Where it ran.
     pub machine: Machine,
+    /// The store measured: `sqlite` (a temporary home) or the NATS URLs (redacted).
+    pub store: String,
     /// Sends per latency phase.
     pub n: usize,
     /// `route::send`, synchronous=NORMAL.
     pub send_normal: Latency,
-    /// `route::send`, synchronous=FULL.
-    pub send_full: Latency,
-    /// Baseline: raw SQLite insert, one row per transaction, synchronous=NORMAL.
-    pub baseline_insert_normal: Latency,
+    /// `route::send`, synchronous=FULL (None: skipped, SQLite-only).
+    pub send_full: Option<Latency>,
+    /// Baseline: raw SQLite insert, one row per transaction, synchronous=NORMAL (None:
+    /// skipped, SQLite-only).
+    pub baseline_insert_normal: Option<Latency>,
     /// Batched send throughput, messages/s.
     pub batched_send_per_s: f64,
     /// Fetch + ack throughput, messages/s.
@@ -80,13 +88,24 @@ fn send_latency(
     let mut cfg = Config::at(home);
     cfg.durability = durability;
     let store = SqliteStore::open(&cfg)?;
-    let from = endpoint(&store, "bench-from")?;
-    endpoint(&store, "bench-to")?;
+    send_latency_on(&store, "", n, tick)
+}
+
+/// `route::send` latency on `store`; endpoint names end in `tag` (unique on a shared store).
+fn send_latency_on(
+    store: &dyn Store,
+    tag: &str,
+    n: usize,
+    tick: &dyn Fn(),
+) -> anyhow::Result<Latency> {
+    let from = endpoint(store, &format!("bench-from{tag}"))?;
+    let to = format!("bench-to{tag}");
+    endpoint(store, &to)?;
     let mut rec = Recorder::default();
     for i in 0..n {
-        let req = SendRequest::text(from.clone(), "bench-to", body(i as u64));
+        let req = SendRequest::text(from.clone(), to.as_str(), body(i as u64));
         let t = Instant::now();
-        route::send(&store, req)?;
+        route::send(store, req)?;
         rec.record(t.elapsed());
         tick();
     }
@@ -120,8 +139,17 @@ fn baseline_insert(dir: &Path, n: usize, tick: &dyn Fn()) -> anyhow::Result<Late
 
 fn throughput(home: &Path, n: usize, tick: &dyn Fn(u64)) -> anyhow::Result<(f64, f64)> {
     let store = SqliteStore::open(&Config::at(home))?;
-    let from = endpoint(&store, "tp-from")?;
-    let to = endpoint(&store, "tp-to")?;
+    throughput_on(&store, "", n, tick)
+}
+
+fn throughput_on(
+    store: &dyn Store,
+    tag: &str,
+    n: usize,
+    tick: &dyn Fn(u64),
+) -> anyhow::Result<(f64, f64)> {
+    let from = endpoint(store, &format!("tp-from{tag}"))?;
+    let to = endpoint(store, &format!("tp-to{tag}"))?;
     let batches = n.div_ceil(BATCH);
     let t = Instant::now();
     for _ in 0..batches {
@@ -143,6 +171,24 @@ fn throughput(home: &Path, n: usize, tick: &dyn Fn(u64)) -> anyhow::Result<(f64,
     }
     let total = (batches * BATCH) as f64;
     let send_rate = total / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let done = drain(store, &to.id, &mut |n| tick(n))?;
+    if done != batches * BATCH {
+        bail!("fetch+ack saw {done} of {} messages", batches * BATCH);
+    }
+    Ok((send_rate, done as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Fetches `to`'s mail `BATCH` at a time under a 60 s lease and acks each batch, until the
+/// mailbox is empty; `tick(n)` after each batch. Returns how many were acked.
+///
+/// # Errors
+/// Store errors.
+pub(super) fn drain(
+    store: &dyn Store,
+    to: &str,
+    tick: &mut dyn FnMut(u64),
+) -> anyhow::Result<usize> {
     let req = Fetch {
         limit: BATCH,
         mode: FetchMode::Deliver {
@@ -150,30 +196,31 @@ fn throughput(home: &Path, n: usize, tick: &dyn Fn(u64)) -> anyhow::Result<(f64,
         },
         filter: Filter::default(),
     };
-    let t = Instant::now();
     let mut done = 0;
     loop {
-        let got = store.fetch(&to.id, &req)?;
+        let got = store.fetch(to, &req)?;
         if got.is_empty() {
-            break;
+            return Ok(done);
         }
         let ids: Vec<String> = got.into_iter().map(|m| m.id).collect();
-        store.ack(Some(&to.id), &ids)?;
+        store.ack(Some(to), &ids)?;
         done += ids.len();
         tick(ids.len() as u64);
     }
-    if done != batches * BATCH {
-        bail!("fetch+ack saw {done} of {} messages", batches * BATCH);
-    }
-    Ok((send_rate, done as f64 / t.elapsed().as_secs_f64()))
 }
 
 fn spawn_child(
     home: &Path,
+    location: Option<&str>,
     args: &[&str],
 ) -> anyhow::Result<(std::process::Child, mpsc::Receiver<String>)> {
     let exe = std::env::current_exe().context("cannot find the relay binary")?;
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    match location {
+        Some(l) => cmd.env("RELAY_STORE", l),
+        None => cmd.env_remove("RELAY_STORE"),
+    };
+    let mut child = cmd
         .arg("bench-child")
         .args(args)
         .env("RELAY_HOME", home)
@@ -190,11 +237,26 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(30);
 
 fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
     let store = SqliteStore::open(&Config::at(home))?;
-    let from = endpoint(&store, "wake-from")?;
-    endpoint(&store, "wake-to")?;
+    wake_on(&store, home, None, "", k, tick)
+}
+
+fn wake_on(
+    store: &dyn Store,
+    home: &Path,
+    location: Option<&str>,
+    tag: &str,
+    k: usize,
+    tick: &dyn Fn(),
+) -> anyhow::Result<Latency> {
+    let from = endpoint(store, &format!("wake-from{tag}"))?;
+    let to = format!("wake-to{tag}");
+    endpoint(store, &to)?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(home)?;
     let (mut child, lines) = spawn_child(
         home,
-        &["waiter", "--as", "wake-to", "--count", &k.to_string()],
+        location,
+        &["waiter", "--as", &to, "--count", &k.to_string()],
     )?;
     let mut rec = Recorder::default();
     // The first line says the waiter is up, so process start is not measured.
@@ -203,8 +265,8 @@ fn wake(home: &Path, k: usize, tick: &dyn Fn()) -> anyhow::Result<Latency> {
         .context("waiter did not start")?;
     for _ in 0..k {
         route::send(
-            &store,
-            SendRequest::text(from.clone(), "wake-to", body(now_us())),
+            store,
+            SendRequest::text(from.clone(), to.as_str(), body(now_us())),
         )?;
         let line = lines
             .recv_timeout(CHILD_DEADLINE)
@@ -300,10 +362,66 @@ pub fn run(n: usize, progress: &dyn Progress) -> anyhow::Result<Report> {
     progress.step(1);
     Ok(Report {
         machine: Machine::detect(),
+        store: "sqlite".into(),
         n,
         send_normal,
-        send_full,
-        baseline_insert_normal,
+        send_full: Some(send_full),
+        baseline_insert_normal: Some(baseline_insert_normal),
+        batched_send_per_s,
+        fetch_ack_per_s,
+        wake,
+        baseline_socket_one_way,
+    })
+}
+
+/// [`run`]'s store-level phases against the store at `location` (a `nats://` location):
+/// send, batched send, fetch + ack and wake-up (the waiter child gets `RELAY_STORE`), and
+/// the socket baseline. `synchronous=FULL` and the raw SQLite insert are SQLite-only:
+/// skipped (None). Endpoint names get a per-run suffix, and the mail the send phase
+/// leaves is taken afterwards, so a shared cluster keeps no pending bench mail.
+///
+/// # Errors
+/// The store cannot be opened; any store, process or socket failure.
+pub fn run_on(location: &str, n: usize, progress: &dyn Progress) -> anyhow::Result<Report> {
+    let tmp = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
+    let dir = tmp.path();
+    let k = (n / 4).max(100);
+    let tick = || progress.step(1);
+    let tag = format!("-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let store = crate::store::open_at(location, &Config::at(dir.join("home")))?;
+    progress.phase("send", n as u64);
+    let send_normal = send_latency_on(&*store, &tag, n, &tick)?;
+    if let crate::store::Lookup::Found(to) = store.lookup(&format!("bench-to{tag}"))? {
+        let take = Fetch {
+            limit: BATCH,
+            mode: FetchMode::Take,
+            filter: Filter::default(),
+        };
+        while !store.fetch(&to.id, &take)?.is_empty() {}
+    }
+    progress.phase(
+        "batched send, then fetch + ack",
+        2 * n.div_ceil(BATCH) as u64 * BATCH as u64,
+    );
+    let (batched_send_per_s, fetch_ack_per_s) =
+        throughput_on(&*store, &tag, n, &|c| progress.step(c))?;
+    progress.phase("wake-up across processes", k as u64);
+    let wake = wake_on(&*store, &dir.join("wake"), Some(location), &tag, k, &tick)?;
+    progress.phase("baseline: raw Unix socket", 1);
+    let baseline_socket_one_way = socket_baseline(dir, k.max(1000))?;
+    progress.step(1);
+    let shown = location
+        .split(',')
+        .map(|u| crate::store::redact(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Report {
+        machine: Machine::detect(),
+        store: shown,
+        n,
+        send_normal,
+        send_full: None,
+        baseline_insert_normal: None,
         batched_send_per_s,
         fetch_ack_per_s,
         wake,
@@ -319,19 +437,34 @@ pub fn markdown(r: &Report, when: &str) -> String {
             l.samples, l.p50_us, l.p99_us, l.max_us
         )
     };
-    let mut s = super::report_header(
-        "relay bench mailbox",
-        &format!("relay bench mailbox --n {}", r.n),
-        &r.machine,
-        when,
-    );
+    let skipped = |name: &str| format!("| {name} | skipped: SQLite-only | | | |\n");
+    let sqlite = r.store == "sqlite";
+    let command = if sqlite {
+        format!("relay bench mailbox --n {}", r.n)
+    } else {
+        format!("relay bench mailbox --n {} --store {}", r.n, r.store)
+    };
+    let mut s = super::report_header("relay bench mailbox", &command, &r.machine, when);
+    if !sqlite {
+        s += &format!("Store: NATS JetStream at {}.\n\n", r.store);
+    }
     s += "## Latency (µs)\n\n| what | samples | p50 | p99 | max |\n|---|---|---|---|---|\n";
-    s += &row("relay send, synchronous=NORMAL", &r.send_normal);
     s += &row(
-        "baseline: raw SQLite insert, NORMAL",
-        &r.baseline_insert_normal,
+        if sqlite {
+            "relay send, synchronous=NORMAL"
+        } else {
+            "relay send (NATS)"
+        },
+        &r.send_normal,
     );
-    s += &row("relay send, synchronous=FULL", &r.send_full);
+    s += &match &r.baseline_insert_normal {
+        Some(l) => row("baseline: raw SQLite insert, NORMAL", l),
+        None => skipped("baseline: raw SQLite insert, NORMAL"),
+    };
+    s += &match &r.send_full {
+        Some(l) => row("relay send, synchronous=FULL", l),
+        None => skipped("relay send, synchronous=FULL"),
+    };
     s += &row("wake-up: send → wait returns (2 processes)", &r.wake);
     s += &row(
         "baseline: raw Unix socket one-way",
@@ -342,12 +475,19 @@ pub fn markdown(r: &Report, when: &str) -> String {
          | batched send ({BATCH} per transaction) | {:.0} |\n| fetch + ack ({BATCH} per call) | {:.0} |\n",
         r.batched_send_per_s, r.fetch_ack_per_s
     );
+    let Some(base) = r.baseline_insert_normal.filter(|_| sqlite) else {
+        s += &format!(
+            "\nBody {BODY_BYTES} bytes. The raw SQLite baseline does not apply to NATS: \
+             `relay bench nats` compares a send with a raw JetStream publish.\n"
+        );
+        return s;
+    };
     s += &format!(
         "\nBody {BODY_BYTES} bytes. Anchor: mcp_agent_mail_rust budgets 11.7 ms p50 to write one \
          message; relay's goal is ≤ 1 ms p50 with synchronous=NORMAL (measured: {:.1} µs, \
          {:.2}× the raw SQLite insert).\n",
         r.send_normal.p50_us,
-        r.send_normal.p50_us / r.baseline_insert_normal.p50_us.max(0.001)
+        r.send_normal.p50_us / base.p50_us.max(0.001)
     );
     s
 }

@@ -5,7 +5,10 @@
 pub mod hook;
 pub mod inject;
 pub mod mailbox;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod rtt;
+pub mod search;
 pub mod stream;
 pub mod throughput;
 

@@ -20,7 +20,9 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// Durable send latency, batched send and fetch+ack throughput, cross-process wake-up,
-    /// each with a baseline from the same run.
+    /// each with a baseline from the same run. With the global `--store nats://…` (or
+    /// `RELAY_STORE`), the store-level phases run against that NATS store (the
+    /// SQLite-only `synchronous=FULL` and raw-insert rows are skipped).
     Mailbox(MailboxArgs),
     /// Round trip over relay's framed protocol next to a raw Unix socket, same placement.
     Rtt(RttArgs),
@@ -36,6 +38,51 @@ pub enum What {
     /// Mail to an idle interactive Claude Code session (real client under tmux, stand-in
     /// model): send → the woken request, next to the bare doorbell.
     Inject(InjectArgs),
+    /// Full-text search (`relay search`) at 10k and 100k stored messages: p50/p95/p99 per
+    /// query kind, own mail and `--all`, next to a raw FTS5 table with the same bodies.
+    Search(SearchArgs),
+    /// The NATS JetStream store on a local 3-node cluster (or the global `--store
+    /// nats://…`): send latency next to a raw JetStream publish, fetch+ack throughput,
+    /// wake-up across two "machines", and whether the goals are met.
+    #[cfg(feature = "nats")]
+    Nats(NatsArgs),
+}
+
+/// Arguments of `relay bench nats`. The cluster: the global `--store nats://…` (or
+/// `RELAY_STORE`) when it names one, else a local 3-node cluster the bench starts.
+#[cfg(feature = "nats")]
+#[derive(Debug, clap::Args)]
+pub struct NatsArgs {
+    /// Samples per send-latency row (route::send, look and wake-up use N/4, at least 100)
+    /// [range: 100-100000]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    pub n: u32,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/nats.md")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `relay bench search`.
+#[derive(Debug, clap::Args)]
+pub struct SearchArgs {
+    /// Searches per row [range: 10-100000]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub n: u32,
+    /// Store sizes to measure, messages, comma-separated (each 1000 to 1000000).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000", value_parser = parse_size)]
+    pub sizes: Vec<usize>,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "bench/results/search.md")]
+    pub out: PathBuf,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1000..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a store size: give 1000 to 1000000 messages"
+        )),
+    }
 }
 
 /// Arguments of `relay bench inject`.
@@ -122,6 +169,8 @@ pub struct MailboxArgs {
 pub enum Role {
     /// Blocks in `wait` and reports wake-up latency per message.
     Waiter,
+    /// Per stdin line, enqueues one stamped message to `--to` and prints the µs it took.
+    Sender,
     /// Echoes pings over a raw Unix socket.
     Echo,
     /// Echoes frames over relay's protocol.
@@ -153,6 +202,9 @@ pub struct ChildArgs {
     /// Spin this many µs before each blocking read (echo roles).
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// Recipient name (sender).
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 struct Bar(ProgressBar);
@@ -176,6 +228,9 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         What::Rtt(r) => return run_rtt(ctx, r),
         What::Throughput(t) => return run_throughput(ctx, t),
         What::Stream(t) => return run_stream(ctx, t),
+        #[cfg(feature = "nats")]
+        What::Nats(t) => return run_nats(ctx, t),
+        What::Search(s) => return run_search(ctx, s),
     };
     let bar = if ctx.json {
         ProgressBar::hidden()
@@ -185,7 +240,10 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         )
     };
-    let report = mailbox::run(m.n as usize, &Bar(bar.clone()))?;
+    let report = match nats_location(ctx) {
+        Some(location) => mailbox::run_on(location, m.n as usize, &Bar(bar.clone()))?,
+        None => mailbox::run(m.n as usize, &Bar(bar.clone()))?,
+    };
     bar.finish_and_clear();
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let md = mailbox::markdown(&report, &when);
@@ -292,6 +350,41 @@ fn run_inject(ctx: &Ctx, a: InjectArgs) -> anyhow::Result<u8> {
     )
 }
 
+/// The `nats://` or `tls://` location of `--store` / `RELAY_STORE`, if it names one.
+fn nats_location(ctx: &Ctx) -> Option<&str> {
+    ctx.config
+        .store
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| s.starts_with("nats://") || s.starts_with("tls://"))
+}
+
+fn run_search(ctx: &Ctx, a: SearchArgs) -> anyhow::Result<u8> {
+    use crate::bench::search;
+    measure(
+        ctx,
+        &a.out,
+        search::steps(&a.sizes),
+        "search",
+        |tick| search::run(&a.sizes, a.n as usize, tick),
+        search::markdown,
+    )
+}
+
+#[cfg(feature = "nats")]
+fn run_nats(ctx: &Ctx, a: NatsArgs) -> anyhow::Result<u8> {
+    use crate::bench::nats;
+    let given = nats_location(ctx);
+    measure(
+        ctx,
+        &a.out,
+        nats::steps(a.n as usize),
+        "nats phases",
+        |tick| nats::run(a.n as usize, given, tick),
+        nats::markdown,
+    )
+}
+
 pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
     if let Some(c) = a.cpu {
         bench::pin_to_cpu(c);
@@ -301,6 +394,18 @@ pub(crate) fn child(ctx: &Ctx, a: ChildArgs) -> anyhow::Result<u8> {
             let store = ctx.store()?;
             let me = ctx.me(&store)?;
             mailbox::child_waiter(&store, &me, a.count)?;
+        }
+        #[cfg(feature = "nats")]
+        Role::Sender => {
+            let to =
+                a.to.ok_or_else(|| super::UsageError("sender needs --to".into()))?;
+            let store = ctx.store()?;
+            let me = ctx.me(&store)?;
+            crate::bench::nats::child_sender(&store, &me, &to, a.count)?;
+        }
+        #[cfg(not(feature = "nats"))]
+        Role::Sender => {
+            return Err(super::UsageError("sender needs the nats feature".into()).into());
         }
         Role::Echo => {
             let socket = a

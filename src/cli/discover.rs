@@ -41,7 +41,19 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     );
     // Mark registered sessions from an existing store, opened read-only: discover writes
     // nothing anywhere.
-    if let Some(store) = crate::store::SqliteStore::open_read_only(&ctx.config)? {
+    let location = ctx.config.store.as_deref().unwrap_or_default();
+    let store: Option<Box<dyn crate::store::Store>> =
+        match crate::store::Location::parse(location, &ctx.config.home)? {
+            // A NATS store is only read here too (lookups).
+            crate::store::Location::Nats(_) => Some(ctx.store()?),
+            crate::store::Location::Sqlite(dir) => {
+                let mut c = ctx.config.clone();
+                c.home = dir;
+                crate::store::SqliteStore::open_read_only(&c)?
+                    .map(|s| Box::new(s) as Box<dyn crate::store::Store>)
+            }
+        };
+    if let Some(store) = store {
         for s in &mut sessions {
             if let Lookup::Found(e) = store.lookup(&s.id)?
                 && e.id == s.id

@@ -48,31 +48,67 @@ fn check(
 
 fn store_checks(ctx: &Ctx, out: &mut Vec<Check>) {
     let home = &ctx.config.home;
-    match ctx.store() {
-        Ok(_) => out.push(check(
-            "store",
-            Status::Ok,
-            format!("{} opens and is migrated", ctx.config.db_path().display()),
-            None,
-        )),
+    let location = ctx.config.store.as_deref().unwrap_or_default();
+    match crate::store::Location::parse(location, home) {
         Err(e) => out.push(check(
             "store",
             Status::Fail,
-            format!("{e:#}"),
-            Some(format!(
-                "fix or move {} (relay recreates it), or set RELAY_HOME",
-                ctx.config.db_path().display()
-            )),
+            format!("{e}"),
+            Some("fix RELAY_STORE / --store (docs/nats.md)".into()),
         )),
-    }
-    let writable = rustix::fs::access(ctx.config.db_path(), rustix::fs::Access::WRITE_OK).is_ok();
-    if !writable {
-        out.push(check(
-            "store writable",
-            Status::Fail,
-            format!("{} is not writable by you", ctx.config.db_path().display()),
-            Some(format!("chmod 600 {}", ctx.config.db_path().display())),
-        ));
+        Ok(crate::store::Location::Nats(urls)) => {
+            let shown = urls
+                .iter()
+                .map(|u| crate::store::redact(u))
+                .collect::<Vec<_>>()
+                .join(",");
+            match ctx.store().and_then(|s| Ok(s.roster()?.len())) {
+                Ok(n) => out.push(check(
+                    "store",
+                    Status::Ok,
+                    format!("NATS store at {shown} answers ({n} endpoints)"),
+                    None,
+                )),
+                Err(e) => out.push(check(
+                    "store",
+                    Status::Fail,
+                    format!("{e:#}"),
+                    Some(
+                        "start the cluster or fix the URLs, credentials (RELAY_NATS_CREDS, ...) \
+                         and TLS (RELAY_NATS_CA); see docs/nats.md"
+                            .into(),
+                    ),
+                )),
+            }
+        }
+        Ok(crate::store::Location::Sqlite(dir)) => {
+            let db = dir.join("relay.db");
+            match ctx.store() {
+                Ok(_) => out.push(check(
+                    "store",
+                    Status::Ok,
+                    format!("{} opens and is migrated", db.display()),
+                    None,
+                )),
+                Err(e) => out.push(check(
+                    "store",
+                    Status::Fail,
+                    format!("{e:#}"),
+                    Some(format!(
+                        "fix or move {} (relay recreates it), or set RELAY_HOME",
+                        db.display()
+                    )),
+                )),
+            }
+            if rustix::fs::access(&db, rustix::fs::Access::WRITE_OK).is_err() {
+                out.push(check(
+                    "store writable",
+                    Status::Fail,
+                    format!("{} is not writable by you", db.display()),
+                    Some(format!("chmod 600 {}", db.display())),
+                ));
+            }
+        }
     }
     out.push(dir_check(
         "data directory",

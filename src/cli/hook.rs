@@ -65,9 +65,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
         return Ok(idle(ctx, agent, &input));
     }
     let config = ctx.config.clone();
-    let open = move || -> anyhow::Result<Box<dyn Store>> {
-        Ok(Box::new(crate::store::SqliteStore::open(&config)?))
-    };
+    let open = move || -> anyhow::Result<Box<dyn Store>> { Ok(crate::store::open(&config)?) };
     let mut out = std::io::stdout().lock();
     hook::run(open, agent, event, &input, &mut out);
     Ok(EXIT_OK)

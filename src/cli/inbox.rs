@@ -2,7 +2,7 @@
 //!
 //! Default: fetch under a lease, print, then ack — a message is acked only after it was
 //! written out in full. `--no-ack` leaves it delivered (it comes back after the lease);
-//! `--peek` changes nothing.
+//! `--peek` changes nothing. Mail of several threads is printed grouped by thread.
 
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ pub(crate) fn print_then_ack(
         if doc.messages.is_empty() {
             "no mail".into()
         } else {
-            output::messages(&doc.messages)
+            grouped(&doc.messages)
         }
     });
     // Acked once the consumer has read the output, not when it sits in a pipe buffer.
@@ -117,6 +117,36 @@ pub(crate) fn print_then_ack(
         store.ack(Some(me), &ids)?;
     }
     Ok(())
+}
+
+/// Messages for a terminal (oldest first): as [`output::messages`] prints them when they
+/// are all of one thread; grouped by thread otherwise, a heading per thread in the order
+/// of its first message. A heading starts at column 0 without `──`, so it reads as
+/// neither a message header nor a body line (bodies are indented).
+pub(crate) fn grouped(msgs: &[Message]) -> String {
+    let groups = crate::coord::thread::by_thread(msgs);
+    if groups.len() < 2 {
+        return output::messages(msgs);
+    }
+    let mut s = String::new();
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let n = g.messages.len();
+        let count = format!("{n} message{}", if n == 1 { "" } else { "s" });
+        match g.thread {
+            Some(t) => s.push_str(&format!(
+                "thread {} · {count}\n",
+                crate::agents::fence::quoted(&output::escape_line(t))
+            )),
+            None => s.push_str(&format!("no thread · {count}\n")),
+        }
+        for m in &g.messages {
+            s.push_str(&output::messages(std::slice::from_ref(*m)));
+        }
+    }
+    s
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {

@@ -1,11 +1,14 @@
-//! `relay install <agent>` and `relay uninstall <agent>`: the MCP server and hooks in an
-//! agent's config.
+//! `relay install <agent|guard>` and `relay uninstall <agent|guard>`: the MCP server and
+//! hooks in an agent's config, or the git pre-commit guard in a repository
+//! (agents::guard).
+
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::{Ctx, EXIT_OK, output};
-use crate::agents::Agent;
 use crate::agents::install::{self, Action, Applied, Env, Scope};
+use crate::agents::{Agent, guard};
 
 /// Arguments of `relay install` and `relay uninstall`.
 #[derive(Debug, clap::Args)]
@@ -15,18 +18,36 @@ server into ~/.claude.json (user) or .mcp.json (project).
 Codex: the MCP server into config.toml, hooks into hooks.json ($CODEX_HOME or .codex/); trust \
 the hooks once in Codex's /hooks.
 Every changed file is backed up first as <file>.relay-backup-<time>. Running install twice \
-changes nothing; uninstall removes exactly what install added."
+changes nothing; uninstall removes exactly what install added.
+guard: a git pre-commit hook in the hooks directory git uses (core.hooksPath honoured) of the \
+repository of the current directory (or --project DIR), refusing commits that touch paths \
+another live session reserved exclusively (relay reserve). A pre-commit hook already there is \
+renamed to pre-commit.relay-chained and runs first; uninstall renames it back."
 )]
 pub struct Args {
-    /// The agent: claude or codex.
-    #[arg(value_enum)]
-    pub agent: Agent,
-    /// user (every project; default) or project (the current directory).
-    #[arg(long, value_enum, default_value = "user")]
-    pub scope: Scope,
+    /// What to install: claude, codex, or guard (the git pre-commit guard).
+    #[arg(value_enum, value_name = "AGENT|guard")]
+    pub target: Target,
+    /// user (every project; default) or project (the current directory). Agents only.
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+    /// The repository to guard (default: the current directory's). guard only.
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
     /// Print the unified diff of what would change, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// What `relay install` installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Claude Code's MCP server and hooks.
+    Claude,
+    /// Codex's MCP server and hooks.
+    Codex,
+    /// The git pre-commit guard of a repository.
+    Guard,
 }
 
 #[derive(Serialize)]
@@ -61,8 +82,21 @@ pub(crate) fn env() -> anyhow::Result<Env> {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args, action: Action) -> anyhow::Result<u8> {
+    let agent = match a.target {
+        Target::Claude => Agent::Claude,
+        Target::Codex => Agent::Codex,
+        Target::Guard => return run_guard(ctx, &a, action),
+    };
+    if a.project.is_some() {
+        return Err(super::UsageError(format!(
+            "--project is for `relay install guard`; for {} use --scope project in that directory",
+            agent.name()
+        ))
+        .into());
+    }
+    let scope = a.scope.unwrap_or(Scope::User);
     let env = env()?;
-    let mut plan = install::plan(a.agent, a.scope, action, &env)?;
+    let mut plan = install::plan(agent, scope, action, &env)?;
     if action == Action::Uninstall {
         install::prefer_backups(&mut plan);
     }
@@ -85,8 +119,8 @@ pub(crate) fn run(ctx: &Ctx, a: Args, action: Action) -> anyhow::Result<u8> {
         install::apply(&plan)?
     };
     let doc = Doc {
-        agent: a.agent,
-        scope: a.scope,
+        agent,
+        scope,
         dry_run: a.dry_run,
         files,
         diff,
@@ -117,6 +151,76 @@ pub(crate) fn run(ctx: &Ctx, a: Args, action: Action) -> anyhow::Result<u8> {
             for n in &doc.notes {
                 s.push_str(&format!("note: {n}\n"));
             }
+        }
+        s
+    });
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct GuardDoc {
+    target: &'static str,
+    dry_run: bool,
+    /// The hooks directory git uses for the repository.
+    hooks_dir: PathBuf,
+    files: Vec<Applied>,
+    diff: String,
+    notes: Vec<String>,
+}
+
+/// `relay install guard` / `relay uninstall guard`.
+fn run_guard(ctx: &Ctx, a: &Args, action: Action) -> anyhow::Result<u8> {
+    if a.scope.is_some() {
+        return Err(super::UsageError(
+            "--scope is for agents; the guard goes into one repository: run it there, or \
+             pass --project DIR"
+                .into(),
+        )
+        .into());
+    }
+    let dir = match &a.project {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    // The hook runs this very binary, by its absolute path, as agent hooks do.
+    let exe = std::env::current_exe()?.canonicalize()?;
+    let plan = guard::plan(&dir, &exe, action).map_err(|e| match e {
+        guard::Error::NotARepo { .. } => anyhow::Error::new(super::UsageError(e.to_string())),
+        e => e.into(),
+    })?;
+    let diff = guard::diff(&plan);
+    let files = if a.dry_run {
+        guard::preview(&plan)
+    } else {
+        guard::apply(&plan)?
+    };
+    let doc = GuardDoc {
+        target: "guard",
+        dry_run: a.dry_run,
+        hooks_dir: plan.hooks_dir.clone(),
+        files,
+        diff,
+        notes: plan.notes,
+    };
+    output::emit(ctx.json, &doc, || {
+        let mut s = String::new();
+        if a.dry_run {
+            s.push_str(if doc.diff.is_empty() {
+                "nothing would change\n"
+            } else {
+                &doc.diff
+            });
+        }
+        for f in &doc.files {
+            s.push_str(&format!(
+                "{:<12} {} ({})\n",
+                f.action,
+                f.path.display(),
+                f.what
+            ));
+        }
+        for n in &doc.notes {
+            s.push_str(&format!("note: {n}\n"));
         }
         s
     });

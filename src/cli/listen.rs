@@ -21,7 +21,7 @@ use super::{Ctx, output};
 use crate::agents::procfs;
 use crate::route::{self, SendRequest};
 use crate::store::Intent;
-use crate::store::{Fetch, FetchMode, Filter, Message, Registration, SqliteStore, Store};
+use crate::store::{Fetch, FetchMode, Filter, Message, Registration, Store};
 use crate::transport::heartbeat::{Heartbeat, is_timeout};
 use crate::transport::{self, Listener, Local, handshake};
 use crate::wire::Msg;
@@ -65,7 +65,7 @@ fn parse_exec_timeout(s: &str) -> Result<Duration, String> {
 struct Answerer {
     cmd: String,
     timeout: Duration,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     me: crate::store::Endpoint,
 }
 
@@ -212,14 +212,14 @@ impl Printer {
 
 /// Acks one handled message; a failure is logged (the message comes back after its lease,
 /// at least once, which readers tolerate).
-fn ack_one(store: &SqliteStore, me: &str, id: &str) {
+fn ack_one(store: &dyn Store, me: &str, id: &str) {
     if let Err(e) = store.ack(Some(me), &[id.to_string()]) {
         tracing::warn!("ack {id}: {e}");
     }
 }
 
 pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
-    let store = Arc::new(ctx.store()?);
+    let store: Arc<dyn Store> = Arc::from(ctx.store()?);
     let me = ctx.me(store.as_ref())?;
     let answerer = a.exec.map(|cmd| {
         Arc::new(Answerer {
@@ -256,7 +256,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     {
         let (store, printer, id) = (store.clone(), printer.clone(), me.id.clone());
         let answerer = answerer.clone();
-        std::thread::spawn(move || mailbox_loop(&store, &printer, answerer.as_deref(), &id));
+        std::thread::spawn(move || mailbox_loop(&*store, &printer, answerer.as_deref(), &id));
     }
     let mut local = Local::new(me.id.clone());
     local.name = me.name.clone();
@@ -267,7 +267,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
                 let (answerer, store) = (answerer.clone(), store.clone());
                 std::thread::spawn(move || {
                     let on = Handler {
-                        store: &store,
+                        store: &*store,
                         printer: &printer,
                         answerer: answerer.as_deref(),
                         me: &id,
@@ -283,7 +283,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
     }
 }
 
-fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answerer>, me: &str) {
+fn mailbox_loop(store: &dyn Store, printer: &Printer, answerer: Option<&Answerer>, me: &str) {
     // Leased, then each message acked once it is printed (and, with an answerer, its
     // request answered): a listener killed or stalled in between leaves the rest to be
     // handed out again, never acked unseen. With an answerer, one at a time: a request
@@ -322,7 +322,7 @@ fn mailbox_loop(store: &SqliteStore, printer: &Printer, answerer: Option<&Answer
 
 /// What a connection's messages are handed to.
 struct Handler<'a> {
-    store: &'a SqliteStore,
+    store: &'a dyn Store,
     printer: &'a Printer,
     answerer: Option<&'a Answerer>,
     me: &'a str,

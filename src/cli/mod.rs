@@ -11,21 +11,28 @@ mod bench;
 mod demo;
 mod discover;
 mod doctor;
+mod events;
 mod gc;
+mod guard;
 mod hook;
 mod inbox;
 mod install;
 mod listen;
 mod mcp;
-mod output;
+pub(crate) mod output;
 mod register;
+mod reserve;
 mod roster;
+mod search;
 mod send;
 mod shm_peer;
 mod status;
+mod store_cmd;
 mod stream;
+mod thread;
 mod wait;
 mod wake;
+mod watch;
 mod whoami;
 
 use std::time::Duration;
@@ -34,7 +41,7 @@ use clap::{Parser, Subcommand};
 
 use crate::agents::identity::{self, Identity, Me};
 use crate::config::{Config, Durability};
-use crate::store::{self, Endpoint, SqliteStore, Store};
+use crate::store::{self, Endpoint, Store};
 
 pub use output::{error_document, exit_code, line, terminal_safe, usage_document, wrote_stdout};
 
@@ -81,6 +88,11 @@ pub struct Global {
     /// every commit; also survives an OS crash or power loss). Default: $RELAY_DURABILITY.
     #[arg(long, global = true, value_name = "normal|full")]
     pub durability: Option<String>,
+    /// Where endpoints and mail live: a NATS cluster `nats://h1:4222,nats://h2:4222` (one
+    /// bus across machines; docs/nats.md), `sqlite:DIR` for another home's SQLite store, or
+    /// nothing for SQLite in $RELAY_HOME. Default: $RELAY_STORE.
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// Every subcommand.
@@ -106,12 +118,32 @@ pub enum Command {
     Wait(wait::Args),
     /// Show a message's receipt: queued, delivered or acked.
     Status(status::Args),
+    /// Full-text search over your mail (sent and received), newest first.
+    Search(search::Args),
+    /// Show a conversation (a thread or a reply chain) in order, with receipt states.
+    Thread(thread::Args),
+    /// Print what happens on the bus, one line per event, with a resumable cursor.
+    Events(events::Args),
+    /// A live full-screen view of the bus: endpoints, messages, reservations.
+    Watch(watch::Args),
+    /// Reserve paths in this project (advisory): others see it before they collide.
+    Reserve(reserve::ReserveArgs),
+    /// Release reservations you hold in this project.
+    Release(reserve::ReleaseArgs),
+    /// Extend reservations you hold in this project.
+    Renew(reserve::RenewArgs),
+    /// List live reservations, or those matching paths (--conflicts).
+    Reservations(reserve::ReservationsArgs),
     /// Delete old acked and expired messages.
     Gc(gc::Args),
+    /// Which store is in use; copy endpoints and pending mail between stores.
+    Store(store_cmd::Args),
     /// Add relay's MCP server and hooks to Claude Code or Codex.
     Install(install::Args),
     /// Remove exactly what `relay install` added.
     Uninstall(install::Args),
+    /// The git pre-commit guard: `relay guard check` is what `relay install guard`'s hook runs.
+    Guard(guard::Args),
     /// Check the setup: binary, store, permissions, agent integrations; one fix per problem.
     Doctor(doctor::Args),
     /// List recent Claude Code and Codex sessions on this machine (read-only).
@@ -153,8 +185,9 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn store(&self) -> anyhow::Result<SqliteStore> {
-        Ok(SqliteStore::open(&self.config)?)
+    /// The store this invocation uses (`--store`, `RELAY_STORE`, else SQLite in the home).
+    pub fn store(&self) -> anyhow::Result<Box<dyn Store>> {
+        Ok(store::open(&self.config)?)
     }
 
     /// The explicit identity (`--as`, `RELAY_AS`), without resolving it.
@@ -267,6 +300,9 @@ pub fn run_hook(agent: &str, event: &str) -> u8 {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = (|| -> anyhow::Result<Config> {
         let mut config = Config::from_env()?;
+        if let Some(s) = &cli.global.store {
+            config.store = Some(s.clone());
+        }
         if let Some(d) = &cli.global.durability {
             config.durability = d.parse::<Durability>()?;
         }
@@ -298,13 +334,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ack(a) => ack::run(&ctx, a),
         Command::Wait(a) => wait::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
+        Command::Search(a) => search::run(&ctx, a),
+        Command::Thread(a) => thread::run(&ctx, a),
+        Command::Events(a) => events::run(&ctx, a),
+        Command::Watch(a) => watch::run(&ctx, a),
+        Command::Reserve(a) => reserve::run_reserve(&ctx, a),
+        Command::Release(a) => reserve::run_release(&ctx, a),
+        Command::Renew(a) => reserve::run_renew(&ctx, a),
+        Command::Reservations(a) => reserve::run_reservations(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
+        Command::Store(a) => store_cmd::run(&ctx, a),
         Command::Hook(a) => hook::run(&ctx, a),
         Command::Discover(a) => discover::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Wake(a) => wake::run(&ctx, a),
         Command::Install(a) => install::run(&ctx, a, crate::agents::install::Action::Install),
         Command::Uninstall(a) => install::run(&ctx, a, crate::agents::install::Action::Uninstall),
+        Command::Guard(a) => guard::run(&ctx, a),
         Command::Mcp(a) => mcp::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),

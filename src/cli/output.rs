@@ -166,9 +166,17 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     classify(err).1
 }
 
-/// Formats ms since the epoch as UTC RFC 3339 with milliseconds.
+/// The last millisecond RFC 3339 can spell (9999-12-31T23:59:59.999Z).
+const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// Formats ms since the epoch as UTC RFC 3339 with milliseconds. A time outside what RFC
+/// 3339 can spell (before 1970, after the year 9999 — a time another machine's sender
+/// wrote, on NATS) is printed as its raw milliseconds, `@<ms>ms`, never a panic.
 pub(crate) fn time(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    if !(0..=LAST_RFC3339_MS).contains(&ms) {
+        return format!("@{ms}ms");
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 

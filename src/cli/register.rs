@@ -85,6 +85,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args) -> anyhow::Result<u8> {
             .map(|d| d.to_string_lossy().into_owned()),
         pid: None,
         pid_start: None,
+        host: None,
         mailbox: a.no_mailbox.then_some(false),
         meta,
     })?;

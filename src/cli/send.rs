@@ -226,7 +226,7 @@ struct Replied<'a> {
 /// store after printing, whichever path brought it.
 fn wait_for_reply(
     ctx: &Ctx,
-    store: &crate::store::SqliteStore,
+    store: &dyn crate::store::Store,
     me: &str,
     mut sent: Sent,
     timeout: Duration,
@@ -313,7 +313,7 @@ enum Reply {
 /// time (found whatever its state — the mailbox path may hold a lease on it). A reply
 /// that came only as a frame (its sender could not store it) takes the request's thread.
 fn reply_message(
-    store: &crate::store::SqliteStore,
+    store: &dyn crate::store::Store,
     me: &str,
     sent: &Sent,
     r: crate::wire::catalogue::Reply,

@@ -16,12 +16,23 @@
 //! 5. **Shared memory** — the same large transfer over a shared-memory stream and over the
 //!    socket fallback, sha256 checked; a frame publisher and reader (see `stream.rs`).
 //!
+//! 6. **Two machines over NATS** — a local 3-node nats-server cluster, two relay homes
+//!    on it, a node killed mid-traffic (see `nats.rs`); skipped with a hint when no
+//!    nats-server binary is found.
+//!
+//! 7. **Coordination** — two sessions in one git repository reserve overlapping paths
+//!    (the second is refused, naming the first), search finds an earlier message, and the
+//!    pre-commit guard refuses a commit of reserved files (see `coordination.rs`).
+//!
 //! The summary counts sent, delivered, acked, lost and duplicated messages and the
 //! send→receive latency; exit status 0 only when nothing was lost. The command line
 //! (`relay demo`, the hidden `relay demo-child`) is `cli/demo.rs`; this module runs it.
 
 mod agents;
+mod coordination;
 mod live;
+#[cfg(feature = "nats")]
+mod nats;
 mod stream;
 
 use std::collections::HashSet;
@@ -88,7 +99,7 @@ fn emit_line(v: &Value) -> anyhow::Result<()> {
 /// Store and routing errors; a peer that stays silent past the child's deadline (120 s for
 /// a reply, 20 s between sink batches).
 pub fn child(
-    store: &SqliteStore,
+    store: &dyn Store,
     me: &Endpoint,
     peer: &Endpoint,
     role: Role,
@@ -202,10 +213,16 @@ impl Drop for Proc {
 }
 
 fn spawn(home: &Config, args: &[String]) -> anyhow::Result<Proc> {
+    spawn_env(home, args, &[])
+}
+
+/// [`spawn`] with extra environment variables (another "machine": its host and store).
+fn spawn_env(home: &Config, args: &[String], env: &[(&str, String)]) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("cannot find the relay binary")?;
     let mut child = Command::new(exe)
         .args(args)
         .env("RELAY_HOME", &home.home)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("RELAY_AS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -271,6 +288,11 @@ pub struct Summary {
     live: live::LiveOutcome,
     #[serde(flatten)]
     stream: stream::StreamOutcome,
+    #[cfg(feature = "nats")]
+    #[serde(flatten)]
+    nats: nats::NatsOutcome,
+    #[serde(flatten)]
+    coordination: coordination::CoordinationOutcome,
     /// Where the temporary RELAY_HOME was kept (`keep`), else None (it was deleted).
     #[serde(skip)]
     pub kept: Option<std::path::PathBuf>,
@@ -401,6 +423,23 @@ pub fn run(base: &Config, a: &Options, say: &dyn Fn(String)) -> anyhow::Result<S
     );
     let stream = stream::run(tmp.path(), say)?;
 
+    // 6. Two machines over NATS.
+    say(
+        "\n6. two machines over NATS: a local 3-node cluster, two relay homes, a node killed"
+            .into(),
+    );
+    #[cfg(feature = "nats")]
+    let nats = nats::run(tmp.path(), base, say)?;
+    #[cfg(not(feature = "nats"))]
+    say("   skipped: this relay was built without the nats feature".into());
+
+    // 7. Coordination.
+    say(
+        "\n7. coordination: two sessions in one git repo — reservations, search, the commit guard"
+            .into(),
+    );
+    let coordination = coordination::run(&store, &config.home, tmp.path(), say)?;
+
     let unique: HashSet<&String> = received.iter().collect();
     let mut s = Summary {
         conversation_rounds: a.rounds,
@@ -417,6 +456,9 @@ pub fn run(base: &Config, a: &Options, say: &dyn Fn(String)) -> anyhow::Result<S
         agents,
         live,
         stream,
+        #[cfg(feature = "nats")]
+        nats,
+        coordination,
         ..Summary::default()
     };
     // Receipts, read back from the store: what a sender would be told.
@@ -438,12 +480,20 @@ impl Summary {
     /// Why the demo failed: mail was lost, or a stream arrived changed or a frame torn.
     /// `None` when the run was clean (exit status 0).
     pub fn failure(&self) -> Option<String> {
+        #[cfg(feature = "nats")]
+        let nats_lost = self.nats.nats_lost;
+        #[cfg(not(feature = "nats"))]
+        let nats_lost = 0;
         if self.lost > 0 {
             Some(format!("{} message(s) lost", self.lost))
+        } else if nats_lost > 0 {
+            Some(format!("{nats_lost} message(s) lost over NATS"))
         } else if !self.stream.sha256_match || self.stream.frames_torn > 0 {
             Some("a stream arrived changed or a frame was torn".into())
         } else {
-            None
+            self.coordination
+                .failure()
+                .map(|why| format!("coordination: {why}"))
         }
     }
 
@@ -505,6 +555,49 @@ impl Summary {
             format!("{:.0}", s.stream.frames_per_s),
             "frames read / torn",
             format!("{} / {}", s.stream.frames_read, s.stream.frames_torn),
+        ) + &self.nats_rows()
+            + &self.coordination_rows()
+    }
+
+    fn coordination_rows(&self) -> String {
+        let c = &self.coordination;
+        if !c.coord_ran {
+            return format!("\n   {:<28} {:>12}", "coordination", "skipped");
+        }
+        let yes = |b: bool| if b { "yes" } else { "NO" };
+        format!(
+            "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
+            "overlap refused, named",
+            yes(c.overlap_refused),
+            "search hits",
+            c.search_hits,
+            "guard refused the commit",
+            yes(c.guard_refused),
         )
+    }
+
+    #[cfg(feature = "nats")]
+    fn nats_rows(&self) -> String {
+        let n = &self.nats;
+        if !n.nats_ran {
+            return format!("\n   {:<28} {:>12}", "NATS (two machines)", "skipped");
+        }
+        format!(
+            "\n   {:<28} {:>12}\n   {:<28} {:>12}\n   {:<28} {:>12}",
+            "NATS sent / delivered",
+            format!("{} / {}", n.nats_sent, n.nats_delivered),
+            "NATS acked / lost",
+            format!("{} / {}", n.nats_acked, n.nats_lost),
+            "NATS node killed, caught up",
+            match n.nats_node_killed {
+                Some(i) => format!("n{i}, {}", if n.nats_node_caught_up { "yes" } else { "no" }),
+                None => "none".into(),
+            },
+        )
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn nats_rows(&self) -> String {
+        String::new()
     }
 }

@@ -286,7 +286,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send + 'static> Stdio<
         });
         let write = self.write.clone();
         tokio::spawn(async move {
-            if let Err(e) = write_json(&write, &doc).await {
+            if let Err(e) = write_json(&write, &doc, |_| {}).await {
                 tracing::warn!("cannot write an error response: {e}");
             }
         });
@@ -327,16 +327,22 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send + 'static> Stdio<
 const PARSE_ERROR: i32 = -32700;
 const INVALID_REQUEST: i32 = -32600;
 
+/// Writes `msg` as one line and flushes it, then calls `written` with the bytes while still
+/// holding the write lock: end of input takes that lock before it settles mail (see
+/// `receive`), so a response the client may already have read is always recorded as
+/// written by then.
 async fn write_json<W: AsyncWrite + Unpin>(
     write: &tokio::sync::Mutex<W>,
     msg: &impl serde::Serialize,
-) -> std::io::Result<Vec<u8>> {
+    written: impl FnOnce(&[u8]),
+) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     let mut w = write.lock().await;
     w.write_all(&bytes).await?;
     w.flush().await?;
-    Ok(bytes)
+    written(&bytes);
+    Ok(())
 }
 
 fn memchr(buf: &[u8]) -> Option<usize> {
@@ -395,21 +401,16 @@ where
         let write = self.write.clone();
         let after = self.after.clone();
         async move {
-            match write_json(&write, &item).await {
-                Ok(bytes) => {
-                    match &item {
-                        JsonRpcMessage::Response(r) => after.written(&r.id, &bytes),
-                        JsonRpcMessage::Error(e) => {
-                            if let Some(id) = &e.id {
-                                after.give_back(id, false);
-                            }
-                        }
-                        _ => {}
+            write_json(&write, &item, |bytes| match &item {
+                JsonRpcMessage::Response(r) => after.written(&r.id, bytes),
+                JsonRpcMessage::Error(e) => {
+                    if let Some(id) = &e.id {
+                        after.give_back(id, false);
                     }
-                    Ok(())
                 }
-                Err(e) => Err(e),
-            }
+                _ => {}
+            })
+            .await
         }
     }
 
@@ -434,6 +435,11 @@ where
                     continue;
                 }
                 Ok(LineRead::Eof) => {
+                    // A response being written may already be in the client's hands (it
+                    // can read the line and hang up before the write returns): wait for
+                    // the write in progress, so its mail counts as shown. Bounded, for a
+                    // client that stopped reading: that write is not shown, and released.
+                    let _writing = tokio::time::timeout(CANCEL_GRACE, self.write.lock()).await;
                     self.after.finish();
                     return None;
                 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::decide::{Ask, Decision, Facts, Guard, LiveState, Reason, Resolution, decide};
+use crate::agents::presence::{self, Presence, Seen};
 use crate::clock::now_ms;
 use crate::store::{self, Endpoint, Intent, Lookup, NewMessage, Receipt, Store, names};
 use crate::transport::client;
@@ -407,14 +408,25 @@ fn plan(
         }
         _ => Guard::default(),
     };
+    // Presence decides inject and wake, by the rule `roster` shows (agents::presence);
+    // the socket was probed above. Asked only where it can matter (a Codex endpoint means
+    // a round trip to its daemon): a live target, or one that reads no mailbox, is decided
+    // before inject and wake.
+    let seen = match target {
+        Some(t) if live != LiveState::Live && t.mailbox => Some(presence::without_socket(t)),
+        _ => None,
+    };
     let facts = Facts {
         resolution,
         live,
         consumes_mailbox: target.is_some_and(|t| t.mailbox),
-        wakeable: target.is_some_and(wakeable),
-        // Asked only where it can matter (a Codex endpoint means a round trip to its
-        // daemon): a live target or one that reads no mailbox is decided before inject.
-        injectable: live != LiveState::Live && target.is_some_and(|t| t.mailbox && injectable(t)),
+        wakeable: seen
+            .as_ref()
+            .is_some_and(|s| s.presence == Presence::Dormant),
+        injectable: match (target, &seen) {
+            (Some(t), Some(s)) => presence::injectable(t, s),
+            _ => false,
+        },
         replies: target.is_none_or(replies),
         guard,
         body_len: req.body.len(),
@@ -429,18 +441,17 @@ fn plan(
     );
     let target = match (decision, target) {
         (Decision::Reject(reason), _) => {
-            return Err(Error::Rejected {
-                reason,
-                detail: reject_detail(reason, &req, &lookup, &facts),
-            });
+            let detail = reject_detail(reason, &req, &lookup, &facts, seen.as_ref());
+            record_reject(store, &req, target, thread.as_deref(), reason, &detail);
+            return Err(Error::Rejected { reason, detail });
         }
         (_, Some(t)) => t,
         // decide() only routes targets that were found.
         (_, None) => {
-            return Err(Error::Rejected {
-                reason: Reason::UnknownTarget,
-                detail: reject_detail(Reason::UnknownTarget, &req, &lookup, &facts),
-            });
+            let reason = Reason::UnknownTarget;
+            let detail = reject_detail(reason, &req, &lookup, &facts, None);
+            record_reject(store, &req, None, thread.as_deref(), reason, &detail);
+            return Err(Error::Rejected { reason, detail });
         }
     };
     batch.count(&req.from, target, thread.as_deref());
@@ -503,21 +514,6 @@ fn guard(
     })
 }
 
-/// An idle agent session with an in-session channel: a Claude Code session whose idle
-/// waiter runs (`relay hook claude idle`), or a Codex thread its app-server daemon holds
-/// with no turn running (asked over the daemon's control socket, bounded by
-/// [`crate::agents::codex_app::PRESENCE_TIMEOUT`]).
-fn injectable(e: &Endpoint) -> bool {
-    match e.kind {
-        store::Kind::ClaudeCode => crate::agents::idle::waiter(e).is_some(),
-        store::Kind::Codex => crate::agents::wake::codex_home().is_some_and(|home| {
-            crate::agents::codex_app::codex_presence(&home, &e.id)
-                == crate::agents::codex_app::Presence::Held { running: false }
-        }),
-        _ => false,
-    }
-}
-
 /// How long a sender waits for a Codex app-server to take an injected turn.
 const CODEX_INJECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -548,6 +544,18 @@ fn carry_inject(store: &dyn Store, target: &str, receipt: Receipt) -> Sent {
     }
 }
 
+/// Why `e` is not dormant, in words: not a resumable session at all
+/// ([`presence::why_not_resumable`]), or one that is there now (its presence says why).
+fn why_not_wakeable(e: &Endpoint, seen: Option<&Seen>) -> String {
+    match seen {
+        Some(s) if presence::resumable(e) => format!(
+            "it is {} ({}), not dormant: mail reaches it through its hooks",
+            s.presence, s.why
+        ),
+        _ => presence::why_not_resumable(e),
+    }
+}
+
 /// False when the endpoint declared it never answers (`meta.replies == false`).
 pub fn replies(e: &Endpoint) -> bool {
     e.meta.get(REPLIES_META) != Some(&serde_json::Value::Bool(false))
@@ -556,33 +564,40 @@ pub fn replies(e: &Endpoint) -> bool {
 /// The metadata key `register --no-replies` sets to `false`.
 pub const REPLIES_META: &str = "replies";
 
-/// A Claude Code or Codex session with a UUID id and a working directory that exists.
-fn wakeable(e: &Endpoint) -> bool {
-    matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex)
-        && names::is_uuid_shaped(&e.id)
-        && e.cwd
-            .as_deref()
-            .is_some_and(|c| std::path::Path::new(c).is_dir())
-}
-
-/// Which of [`wakeable`]'s conditions `e` fails, in words.
-fn why_not_wakeable(e: &Endpoint) -> String {
-    if !matches!(e.kind, store::Kind::ClaudeCode | store::Kind::Codex) {
-        format!(
-            "it is a {} endpoint; only Claude Code and Codex sessions can be resumed",
-            e.kind
-        )
-    } else if !names::is_uuid_shaped(&e.id) {
-        format!("its id {} is not an agent session id (a UUID)", e.id)
-    } else {
-        match e.cwd.as_deref() {
-            None => "its working directory is not known".into(),
-            Some(c) => format!("its working directory {c} does not exist"),
-        }
+/// Records a refused send in the event log (`message.rejected`, store::events): the
+/// reject changes no state, so nothing else would show it to `relay events` and `relay
+/// watch`. `to` is the target's id only when it was found: a target as written goes in
+/// the detail (the reason names it), never in `to`, or whoever later registered that text
+/// as an id would be shown the reject as theirs. A failure to record is logged and does
+/// not hide the reject.
+fn record_reject(
+    store: &dyn Store,
+    req: &SendRequest,
+    target: Option<&Endpoint>,
+    thread: Option<&str>,
+    reason: Reason,
+    detail: &str,
+) {
+    let ev = store::NewEvent {
+        kind: Some(store::EventKind::Rejected),
+        from: Some(req.from.id.clone()),
+        to: target.map(|t| t.id.clone()),
+        thread: thread.map(str::to_string),
+        detail: Some(format!("{reason}: {detail}")),
+        ..Default::default()
+    };
+    if let Err(e) = store.record_event(&ev) {
+        tracing::warn!(error = %e, "could not record a rejected send in the event log");
     }
 }
 
-fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Facts) -> String {
+fn reject_detail(
+    reason: Reason,
+    req: &SendRequest,
+    lookup: &Lookup,
+    facts: &Facts,
+    seen: Option<&Seen>,
+) -> String {
     match (reason, lookup) {
         (Reason::AmbiguousTarget, Lookup::Ambiguous(c)) => store::Error::AmbiguousEndpoint {
             query: req.to.clone(),
@@ -610,7 +625,7 @@ fn reject_detail(reason: Reason, req: &SendRequest, lookup: &Lookup, facts: &Fac
             "{} cannot be woken: {}; send without --wake to leave it in the mailbox. \
              Nothing was sent",
             t.display_name(),
-            why_not_wakeable(t)
+            why_not_wakeable(t, seen)
         ),
         (Reason::NotWakeable, _) => format!("{} cannot be woken", req.to),
         (Reason::BadTarget, _) => format!(

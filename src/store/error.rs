@@ -111,13 +111,33 @@ pub enum Error {
     },
     /// A body is larger than the cap. Nothing was written.
     #[error(
-        "body is {size} bytes, over the {cap}-byte cap (RELAY_MAX_BODY); send less, or stream it"
+        "body is {size} bytes, over the {cap}-byte cap (RELAY_MAX_BODY; a NATS store caps it further at the server's max_payload less 16 KiB); send less, or stream it"
     )]
     TooLarge {
         /// Body size in bytes.
         size: usize,
         /// The cap in bytes.
         cap: usize,
+    },
+    /// `RELAY_STORE` / `--store` names no store relay can open. Nothing was opened.
+    #[error(
+        "store '{given}' is not valid: {why}; use nothing (SQLite in RELAY_HOME), sqlite:DIR, or nats://host:4222[,nats://host2:4222,...]"
+    )]
+    BadLocation {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The NATS JetStream store could not be reached, or refused or dropped a request
+    /// (docs/nats.md). A write that failed this way was not confirmed; retrying it is safe
+    /// (sends are deduplicated by message id).
+    #[error("NATS store at {urls}: {reason}")]
+    Nats {
+        /// The server URLs relay was given, comma-joined (no credentials).
+        urls: String,
+        /// What failed, with the server's words.
+        reason: String,
     },
 }
 

@@ -19,17 +19,29 @@
 //! receiver that keeps working on the message (answering a request) takes it over with
 //! [`Store::claim`] and acks it when done.
 
+mod coordination;
 mod doorbell;
 mod error;
+mod events;
 pub(crate) mod home;
 pub mod names;
+#[cfg(feature = "nats")]
+mod nats;
+mod open;
+pub mod overlap;
+pub mod query;
 mod schema;
 mod sqlite;
 mod types;
 
 use std::time::Duration;
 
+pub use coordination::*;
 pub use error::Error;
+pub use events::*;
+#[cfg(feature = "nats")]
+pub use nats::{EP_BUCKET, MAIL_STREAM, NatsStore, RCPT_BUCKET};
+pub use open::{Location, local_host, open, open_at, redact};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 pub use types::*;
@@ -38,6 +50,27 @@ pub use types::*;
 /// when it was settled ([`Store::mark_injected`], [`Store::settle_injected`]). Keys starting
 /// with `relay_` are relay's own: `relay register --meta` refuses them.
 pub const INJECTED_HINT: &str = "relay_injected";
+
+/// What every backend checks before it writes messages, so nothing is half-written: each
+/// body within `cap` bytes, each thread within [`names::check_thread`]'s rule.
+///
+/// # Errors
+/// [`Error::TooLarge`] for the first body over the cap, [`Error::InvalidThread`].
+pub(crate) fn check_messages<'a>(
+    msgs: impl IntoIterator<Item = (&'a [u8], Option<&'a str>)> + Clone,
+    cap: usize,
+) -> Result<()> {
+    if let Some((body, _)) = msgs.clone().into_iter().find(|(b, _)| b.len() > cap) {
+        return Err(Error::TooLarge {
+            size: body.len(),
+            cap,
+        });
+    }
+    for t in msgs.into_iter().filter_map(|(_, t)| t) {
+        names::check_thread(t)?;
+    }
+    Ok(())
+}
 
 /// Result alias for store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -114,6 +147,17 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// As [`Store::enqueue`], for any message of the batch.
     fn enqueue_batch(&self, msgs: &[NewMessage]) -> Result<Vec<Receipt>>;
+
+    /// Stores a message copied from another store (`relay store copy`) with its own id,
+    /// sender, thread, intent, body and times, as `queued` with no deliveries. Idempotent:
+    /// `Ok(false)` when a message with this id is already stored (whatever its state), and
+    /// nothing changes. Rings the recipient's doorbell when it stored one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`] for an id that breaks the id rule, [`Error::TooLarge`],
+    /// [`Error::InvalidThread`], [`Error::UnknownEndpoint`] when sender or recipient is not
+    /// registered here; backend errors.
+    fn import(&self, msg: &Message) -> Result<bool>;
 
     /// Hands out up to `req.limit` of the recipient's oldest pending messages that match
     /// `req.filter`, per `req.mode`. Expired messages are never handed out.
@@ -257,9 +301,202 @@ pub trait Store: Send + Sync {
     /// Backend errors.
     fn unbind(&self, processes: &[ProcessRef]) -> Result<u64>;
 
-    /// Deletes acked messages acked more than `acked_before` ago, and expired messages.
+    /// Stored messages matching every condition of `q`, newest first (store order), at
+    /// most `q.limit` (capped at [`MAX_HISTORY`]); each with its current state. Reads
+    /// only: nothing is delivered or acked. What `relay search` and `relay thread` read.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn history(&self, q: &History) -> Result<Vec<Message>>;
+
+    /// Takes advisory reservations of `req.globs` in `req.project` for `req.holder`, all or
+    /// none, in one transaction (SQLite) or one compare-and-set (NATS), so two holders
+    /// racing for overlapping paths never both win. A glob conflicts with another
+    /// holder's live (unexpired) reservation in the same project when the two overlap
+    /// ([`overlap::overlap`]) and either is exclusive. Without conflicts, or with
+    /// `req.force`, every glob is granted (a glob the holder already holds is updated in
+    /// place: mode, reason, expiry; its id and `created_at` kept). Expired reservations
+    /// are ignored (and may be deleted by this call). `req.ttl` is capped at
+    /// [`MAX_RESERVATION_TTL`]; an empty `req.globs` grants nothing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEndpoint`] when the holder is not registered; backend errors.
+    fn reserve(&self, req: &ReserveRequest) -> Result<Reserved>;
+
+    /// Extends the live reservations selected by `sel` to lapse `ttl` (capped at
+    /// [`MAX_RESERVATION_TTL`]) from now; returns them as renewed, in the order of
+    /// [`Store::reservations`]. Expired ones are not revived.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn renew_reservations(
+        &self,
+        sel: &ReservationSelect,
+        ttl: Duration,
+    ) -> Result<Vec<Reservation>>;
+
+    /// Deletes the reservations selected by `sel` (live or expired); returns the live
+    /// ones deleted.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn release_reservations(&self, sel: &ReservationSelect) -> Result<Vec<Reservation>>;
+
+    /// Live (unexpired) reservations, of one project or all, ordered by project, then
+    /// `created_at`, then id.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn reservations(&self, project: Option<&str>) -> Result<Vec<Reservation>>;
+
+    /// Recorded events ([`events`](mod@events)) with a cursor after `q.after`, oldest
+    /// first, at most `q.limit` (capped at [`MAX_EVENTS`]); with `q.tail`, the newest of
+    /// them. The page's `next` is the cursor to resume from. Reads only.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn events(&self, q: &EventQuery) -> Result<EventPage>;
+
+    /// Blocks until the store holds an event with a cursor greater than `after`; returns
+    /// `true` then, `false` when `timeout` (capped at [`MAX_WAIT`]) passes or `cancel` is
+    /// cancelled first. Woken by the store's event doorbell (SQLite) or subscription
+    /// (NATS), not by polling.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn wait_events(&self, after: u64, timeout: Duration, cancel: &Cancel) -> Result<bool>;
+
+    /// Records an event that changes no stored state — a rejected send — and returns its
+    /// cursor. `ev.kind` `None` records [`EventKind::Rejected`]; `ev.detail` is cut to
+    /// [`MAX_DETAIL`] bytes.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn record_event(&self, ev: &NewEvent) -> Result<u64>;
+
+    /// Deletes acked messages acked more than `acked_before` ago, expired messages,
+    /// expired reservations, and events recorded more than `acked_before` ago.
     ///
     /// # Errors
     /// Backend errors.
     fn gc(&self, acked_before: Duration) -> Result<GcReport>;
+}
+
+/// A boxed store is a store (what [`open`] returns).
+impl<T: Store + ?Sized> Store for Box<T> {
+    fn max_body(&self) -> usize {
+        (**self).max_body()
+    }
+    fn register(&self, reg: &Registration) -> Result<Registered> {
+        (**self).register(reg)
+    }
+    fn lookup(&self, query: &str) -> Result<Lookup> {
+        (**self).lookup(query)
+    }
+    fn resolve(&self, query: &str) -> Result<Endpoint> {
+        (**self).resolve(query)
+    }
+    fn roster(&self) -> Result<Vec<RosterEntry>> {
+        (**self).roster()
+    }
+    fn enqueue(&self, msg: &NewMessage) -> Result<Receipt> {
+        (**self).enqueue(msg)
+    }
+    fn enqueue_batch(&self, msgs: &[NewMessage]) -> Result<Vec<Receipt>> {
+        (**self).enqueue_batch(msgs)
+    }
+    fn import(&self, msg: &Message) -> Result<bool> {
+        (**self).import(msg)
+    }
+    fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
+        (**self).fetch(recipient, req)
+    }
+    fn pending(&self, recipient: &str) -> Result<(u64, u64)> {
+        (**self).pending(recipient)
+    }
+    fn claim(&self, recipient: &str, id: &str, lease: Duration) -> Result<Option<Message>> {
+        (**self).claim(recipient, id, lease)
+    }
+    fn settle_hold(&self, recipient: &str, id: &str, shown: bool) -> Result<State> {
+        (**self).settle_hold(recipient, id, shown)
+    }
+    fn release(&self, recipient: &str, ids: &[String]) -> Result<u64> {
+        (**self).release(recipient, ids)
+    }
+    fn ack(&self, recipient: Option<&str>, ids: &[String]) -> Result<Vec<AckResult>> {
+        (**self).ack(recipient, ids)
+    }
+    fn mark_injected(&self, recipient: &str, ids: &[String]) -> Result<u64> {
+        (**self).mark_injected(recipient, ids)
+    }
+    fn settle_injected(&self, recipient: &str) -> Result<Vec<String>> {
+        (**self).settle_injected(recipient)
+    }
+    fn loop_counts(
+        &self,
+        sender: &str,
+        recipient: &str,
+        thread: Option<&str>,
+        since_ms: i64,
+    ) -> Result<LoopCounts> {
+        (**self).loop_counts(sender, recipient, thread, since_ms)
+    }
+    fn receipt(&self, id: &str) -> Result<Receipt> {
+        (**self).receipt(id)
+    }
+    fn wait(&self, recipient: &str, req: &Fetch, timeout: Duration) -> Result<Vec<Message>> {
+        (**self).wait(recipient, req, timeout)
+    }
+    fn wait_or_cancel(
+        &self,
+        recipient: &str,
+        req: &Fetch,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Vec<Message>> {
+        (**self).wait_or_cancel(recipient, req, timeout, cancel)
+    }
+    fn bind(&self, process: ProcessRef, endpoint_id: &str) -> Result<()> {
+        (**self).bind(process, endpoint_id)
+    }
+    fn bound(&self, processes: &[ProcessRef]) -> Result<Option<(ProcessRef, Endpoint)>> {
+        (**self).bound(processes)
+    }
+    fn bindings(&self) -> Result<Vec<Binding>> {
+        (**self).bindings()
+    }
+    fn unbind(&self, processes: &[ProcessRef]) -> Result<u64> {
+        (**self).unbind(processes)
+    }
+    fn history(&self, q: &History) -> Result<Vec<Message>> {
+        (**self).history(q)
+    }
+    fn reserve(&self, req: &ReserveRequest) -> Result<Reserved> {
+        (**self).reserve(req)
+    }
+    fn renew_reservations(
+        &self,
+        sel: &ReservationSelect,
+        ttl: Duration,
+    ) -> Result<Vec<Reservation>> {
+        (**self).renew_reservations(sel, ttl)
+    }
+    fn release_reservations(&self, sel: &ReservationSelect) -> Result<Vec<Reservation>> {
+        (**self).release_reservations(sel)
+    }
+    fn reservations(&self, project: Option<&str>) -> Result<Vec<Reservation>> {
+        (**self).reservations(project)
+    }
+    fn events(&self, q: &EventQuery) -> Result<EventPage> {
+        (**self).events(q)
+    }
+    fn wait_events(&self, after: u64, timeout: Duration, cancel: &Cancel) -> Result<bool> {
+        (**self).wait_events(after, timeout, cancel)
+    }
+    fn record_event(&self, ev: &NewEvent) -> Result<u64> {
+        (**self).record_event(ev)
+    }
+    fn gc(&self, acked_before: Duration) -> Result<GcReport> {
+        (**self).gc(acked_before)
+    }
 }

@@ -27,9 +27,11 @@ const BUSY_LONGEST_NAP: Duration = Duration::from_millis(2);
 const BACKSTOP_POLL: Duration = Duration::from_secs(30);
 
 const ENDPOINT_COLS: &str =
-    "id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at";
+    "id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at, host";
 const MESSAGE_COLS: &str = "seq, id, sender, sender_name, recipient, thread, reply_to, intent, \
      content_type, body, created_at, expires_at, state, deliveries";
+const RESERVATION_COLS: &str = "id, project, holder, holder_name, host, glob, mode, reason, \
+     created_at, expires_at, forced";
 const RECEIPT_COLS: &str = "m.id, m.sender, m.recipient, e.name, m.thread, m.state, m.created_at, \
      m.delivered_at, m.acked_at, m.deliveries, m.expires_at, m.injected_at";
 
@@ -195,6 +197,27 @@ impl SqliteStore {
         )?)
     }
 
+    /// The plan SQLite chooses for [`Store::history`] with `q`: `EXPLAIN QUERY PLAN`'s
+    /// detail lines, one per line (`NOTHING …` when a condition selects no message, so
+    /// nothing is searched). For diagnostics and the tests that keep search from sorting
+    /// every match.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn history_plan(&self, q: &History) -> Result<String> {
+        let conn = self.conn();
+        let drive = drive(&conn, q)?;
+        if drive == Drive::Nothing {
+            return Ok("NOTHING (a condition selects no message)".into());
+        }
+        let (sql, args) = history_sql(q, drive);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let lines = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(lines.join("\n"))
+    }
+
     /// `PRAGMA synchronous` of this store's connection: 1 = NORMAL, 2 = FULL.
     ///
     /// # Errors
@@ -242,6 +265,38 @@ impl SqliteStore {
 /// want the exclusive lock the switch needs would deadlock, so SQLite fails one of them with
 /// `SQLITE_BUSY` at once, without calling the busy handler (seen as "database is locked"
 /// when 16 processes open a fresh home together). Returns the journal mode now in force.
+/// Commits a write transaction, then rings the event doorbell: its triggers may have
+/// recorded events (store::events), and `relay events --follow` waits on that bell. A lost
+/// ring costs a follower only until its backstop look.
+fn commit(tx: rusqlite::Transaction<'_>, bells: &Doorbells) -> Result<()> {
+    tx.commit()?;
+    bells.ring(EVENTS_BELL);
+    Ok(())
+}
+
+/// The doorbell file rung after every write (ids start with a letter or digit, so no
+/// endpoint's doorbell has this name).
+const EVENTS_BELL: &str = "_events";
+
+const EVENT_COLS: &str = "cursor, at, kind, message, sender, recipient, thread, endpoint, detail";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let kind: String = r.get(2)?;
+    Ok(Event {
+        cursor: r.get::<_, i64>(0)? as u64,
+        at: r.get(1)?,
+        kind: kind.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        message: r.get(3)?,
+        from: r.get(4)?,
+        to: r.get(5)?,
+        thread: r.get(6)?,
+        endpoint: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
 fn wal(conn: &Connection) -> Result<String> {
     let started = Instant::now();
     let mut nap = BUSY_FIRST_NAP;
@@ -309,6 +364,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         meta: serde_json::from_str(&meta).unwrap_or_default(),
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
+        host: r.get(10)?,
     })
 }
 
@@ -333,6 +389,277 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<(i64, Message)> {
             deliveries: r.get(13)?,
         },
     ))
+}
+
+/// How a search with text finds its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// Walk the index's matches newest first, join each to its message, filter it, stop
+    /// at the limit: best when the other conditions keep much of the mail.
+    Index,
+    /// Walk the index's matches newest first as well, but only between the first and last
+    /// `seq` of the few messages one condition selects, and join only those among them
+    /// (their `seq`s listed first): for one endpoint's or one thread's mail in a large
+    /// store, a match outside it costs a lookup in that list instead of a read of its
+    /// message, and matches outside its span are never walked.
+    Candidates {
+        /// The condition listed.
+        source: Source,
+        /// The lowest and highest `seq` it selects.
+        span: (i64, i64),
+    },
+    /// One condition selects no message at all: nothing to search.
+    Nothing,
+}
+
+/// The condition whose messages a [`Drive::Candidates`] search lists first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Ids,
+    Participant,
+    From,
+    To,
+    Thread,
+}
+
+/// Up to this many messages selected by one condition (listed by its index), a search
+/// lists them first ([`Drive::Candidates`]). Counting and listing cost about 0.2 µs each
+/// (measured, release build), paid on every search with such a condition, so the bound
+/// is kept low; more than this and the walk usually meets the limit early anyway.
+const FEW_CANDIDATES: i64 = 1000;
+
+/// How many messages a condition selects (counted up to a cap), and their lowest and
+/// highest `seq` (`None` when none).
+type Span = (i64, Option<i64>, Option<i64>);
+
+/// Which [`Drive`] suits `q`: counts (up to [`FEW_CANDIDATES`]) the messages each of its
+/// indexed conditions selects, on the indexes of sender, recipient, thread and id, and
+/// lists the fewest when they are few. (Looking each candidate up in the index instead
+/// would be worse: FTS5 answers a `rowid =` lookup by seeking every segment, about a
+/// hundred times the cost of stepping past a match.)
+fn drive(conn: &Connection, q: &History) -> Result<Drive> {
+    if q.text.is_none() {
+        return Ok(Drive::Index);
+    }
+    let cap = FEW_CANDIDATES + 1;
+    // (how many, lowest seq, highest seq) of the messages `cond` selects, counting at most
+    // `cap`.
+    let span = |cond: &str, v: &str| -> Result<Span> {
+        let sql = format!(
+            "SELECT count(*), min(seq), max(seq) FROM \
+               (SELECT seq FROM messages WHERE {cond} LIMIT ?2)"
+        );
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row(params![v, cap], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+    };
+    let ids_json = q
+        .ids
+        .as_ref()
+        .map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
+    let mut spans: Vec<(Source, Span)> = Vec::new();
+    if let Some(ids) = &ids_json {
+        spans.push((
+            Source::Ids,
+            span("id IN (SELECT value FROM json_each(?1))", ids)?,
+        ));
+    }
+    if let Some(p) = &q.participant {
+        let (n1, lo1, hi1) = span("sender = ?1", p)?;
+        // Too many sent already: not worth counting what it received.
+        if n1 <= FEW_CANDIDATES {
+            let (n2, lo2, hi2) = span("recipient = ?1", p)?;
+            let lo = [lo1, lo2].into_iter().flatten().min();
+            let hi = [hi1, hi2].into_iter().flatten().max();
+            spans.push((Source::Participant, (n1.saturating_add(n2), lo, hi)));
+        }
+    }
+    if let Some(f) = &q.from {
+        spans.push((Source::From, span("sender = ?1", f)?));
+    }
+    if let Some(t) = &q.to {
+        spans.push((Source::To, span("recipient = ?1", t)?));
+    }
+    if let Some(t) = &q.thread {
+        spans.push((Source::Thread, span("thread = ?1", t)?));
+    }
+    let fewest = spans
+        .into_iter()
+        .filter(|(_, (n, _, _))| *n <= FEW_CANDIDATES)
+        .min_by_key(|(_, (n, _, _))| *n);
+    Ok(match fewest {
+        None => Drive::Index,
+        Some((source, (_, Some(lo), Some(hi)))) => Drive::Candidates {
+            source,
+            span: (lo, hi),
+        },
+        Some(_) => Drive::Nothing,
+    })
+}
+
+/// The statement [`Store::history`] runs for `q`, and its parameters.
+fn history_sql(q: &History, drive: Drive) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut args: Vec<Value> = Vec::new();
+    let mut arg = |v: Value| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let mut conds: Vec<String> = Vec::new();
+    // The `seq`s of the messages the listed condition selects (Drive::Candidates).
+    let mut listed: Option<String> = None;
+    let mut list = |src: Source, sql: String| {
+        if matches!(drive, Drive::Candidates { source, .. } if source == src) {
+            listed = Some(sql);
+        }
+    };
+    if let Some(p) = &q.participant {
+        let p = arg(Value::Text(p.clone()));
+        conds.push(format!("(m.sender = {p} OR m.recipient = {p})"));
+        list(
+            Source::Participant,
+            format!(
+                "SELECT seq FROM messages WHERE sender = {p} \
+                 UNION ALL SELECT seq FROM messages WHERE recipient = {p}"
+            ),
+        );
+    }
+    if let Some(f) = &q.from {
+        let f = arg(Value::Text(f.clone()));
+        conds.push(format!("m.sender = {f}"));
+        list(
+            Source::From,
+            format!("SELECT seq FROM messages WHERE sender = {f}"),
+        );
+    }
+    if let Some(t) = &q.to {
+        let t = arg(Value::Text(t.clone()));
+        conds.push(format!("m.recipient = {t}"));
+        list(
+            Source::To,
+            format!("SELECT seq FROM messages WHERE recipient = {t}"),
+        );
+    }
+    if let Some(t) = &q.thread {
+        let t = arg(Value::Text(t.clone()));
+        conds.push(format!("m.thread = {t}"));
+        list(
+            Source::Thread,
+            format!("SELECT seq FROM messages WHERE thread = {t}"),
+        );
+    }
+    if let Some(ids) = &q.ids {
+        let ids = arg(Value::Text(json(ids)));
+        conds.push(format!("m.id IN (SELECT value FROM json_each({ids}))"));
+        list(
+            Source::Ids,
+            format!("SELECT seq FROM messages WHERE id IN (SELECT value FROM json_each({ids}))"),
+        );
+    }
+    if let Some(r) = &q.reply_to {
+        conds.push(format!(
+            "m.reply_to IN (SELECT value FROM json_each({}))",
+            arg(Value::Text(json(r)))
+        ));
+    }
+    if let Some(since) = q.since_ms {
+        conds.push(format!("m.created_at >= {}", arg(Value::Integer(since))));
+    }
+    let text = q.text.as_ref().map(|t| arg(Value::Text(t.to_fts5())));
+    let limit = arg(Value::Integer(q.limit.clamp(1, MAX_HISTORY) as i64));
+    let cols = MESSAGE_COLS
+        .split(", ")
+        .map(|c| format!("m.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = match text {
+        // The index drives: FTS5 hands out matching rowids newest first (the rowid is
+        // `seq`), each joined to its message and filtered, and the LIMIT stops the walk
+        // early, so no sort of all matches. CROSS JOIN keeps that loop order.
+        Some(text) => {
+            let mut pre = vec![format!("messages_fts MATCH {text}")];
+            if let (Some(listed), Drive::Candidates { span, .. }) = (listed, drive) {
+                // The span is a rowid range FTS5 seeks to; `+` keeps the list itself away
+                // from FTS5 (it would seek once per entry): it is checked against each
+                // match instead, before the join.
+                pre.push(format!(
+                    "f.rowid BETWEEN {} AND {}",
+                    arg(Value::Integer(span.0)),
+                    arg(Value::Integer(span.1))
+                ));
+                pre.push(format!("+f.rowid IN ({listed})"));
+            }
+            pre.extend(conds);
+            format!(
+                "SELECT {cols} FROM messages_fts f CROSS JOIN messages m ON m.seq = f.rowid \
+                 WHERE {} ORDER BY f.rowid DESC LIMIT {limit}",
+                pre.join(" AND ")
+            )
+        }
+        None => format!(
+            "SELECT {cols} FROM messages m {} ORDER BY m.seq DESC LIMIT {limit}",
+            if conds.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conds.join(" AND "))
+            }
+        ),
+    };
+    (sql, args)
+}
+
+fn reservation_row(r: &Row<'_>) -> rusqlite::Result<Reservation> {
+    let mode: String = r.get(6)?;
+    Ok(Reservation {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        holder: r.get(2)?,
+        holder_name: r.get(3)?,
+        host: r.get(4)?,
+        glob: r.get(5)?,
+        // An unknown mode can only come from a newer writer: exclusive is the safe reading.
+        mode: mode.parse().unwrap_or_default(),
+        reason: r.get(7)?,
+        created_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        forced: r.get(10)?,
+    })
+}
+
+/// The `WHERE` condition for a [`ReservationSelect`], over parameters `?1` (project),
+/// `?2` (holder) and `?3` (globs as a JSON array), and the JSON for `?3`.
+fn reservation_select(sel: &ReservationSelect) -> (&'static str, Option<String>) {
+    let globs = sel
+        .globs
+        .as_ref()
+        .map(|g| serde_json::to_string(g).unwrap_or_else(|_| "[]".into()));
+    (
+        "(?1 IS NULL OR project = ?1) AND (?2 IS NULL OR holder = ?2) \
+         AND (?3 IS NULL OR glob IN (SELECT value FROM json_each(?3)))",
+        globs,
+    )
+}
+
+/// How often a reservation request re-decides outside the write lock when the project's
+/// reservations changed between its read and the lock.
+const RESERVE_RETRIES: usize = 3;
+
+/// The reservations in `live` a request by `holder` in `mode` must not overlap: another
+/// holder's, where either side is exclusive.
+fn contested<'a>(
+    live: &'a [Reservation],
+    holder: &'a str,
+    mode: Mode,
+) -> impl Iterator<Item = &'a Reservation> + 'a {
+    live.iter()
+        .filter(move |r| r.holder != holder)
+        .filter(move |r| r.mode == Mode::Exclusive || mode == Mode::Exclusive)
+}
+
+/// The order [`Store::reservations`] promises: project, then `created_at`, then id.
+fn sort_reservations(r: &mut [Reservation]) {
+    r.sort_by(|a, b| (&a.project, a.created_at, &a.id).cmp(&(&b.project, b.created_at, &b.id)));
 }
 
 fn receipt_row(r: &Row<'_>) -> rusqlite::Result<Receipt> {
@@ -362,6 +689,125 @@ fn millis(d: Duration) -> i64 {
 /// range lets SQLite use the index instead of scanning.
 const PREFIX_RANGE: &str = "id >= ?1 AND id < ?1 || '~'";
 
+impl SqliteStore {
+    /// The locked part of [`Store::reserve`]: under the write lock, re-reads the project's
+    /// live reservations and, when every pair they pose is already decided (or `may_retry`
+    /// is false: then the rest is decided here, within `decider`'s budget), records the
+    /// request or its refusal. `Ok(None)`, with nothing written, when pairs are new and
+    /// `may_retry`: decide them outside the lock and come back.
+    fn reserve_locked(
+        &self,
+        req: &ReserveRequest,
+        globs: &[&str],
+        host: &str,
+        decider: &mut overlap::Decider,
+        may_retry: bool,
+    ) -> Result<Option<Reserved>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The clock is read under the write lock: what is live is judged at the moment
+        // nobody else can change it.
+        let now = now_ms();
+        let holder =
+            Self::endpoint_by(&tx, "id", &req.holder)?.ok_or_else(|| Error::UnknownEndpoint {
+                query: req.holder.clone(),
+            })?;
+        tx.prepare_cached("DELETE FROM reservations WHERE project = ?1 AND expires_at <= ?2")?
+            .execute(params![req.project, now])?;
+        let live: Vec<Reservation> = tx
+            .prepare_cached(&format!(
+                "SELECT {RESERVATION_COLS} FROM reservations WHERE project = ?1 \
+                 ORDER BY created_at, id"
+            ))?
+            .query_map([&req.project], reservation_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        if may_retry
+            && contested(&live, &holder.id, req.mode)
+                .any(|r| (0..globs.len()).any(|i| decider.known(i, &r.glob).is_none()))
+        {
+            // Dropping the transaction rolls the expiry sweep back: nothing was written.
+            return Ok(None);
+        }
+        let mut conflicts = Vec::new();
+        for (i, want) in globs.iter().enumerate() {
+            for held in contested(&live, &holder.id, req.mode) {
+                let o = decider.decide(i, &held.glob);
+                if o == overlap::Overlap::Undecided {
+                    tracing::warn!(
+                        glob = %want,
+                        held = %held.glob,
+                        "could not decide within the work budget whether these globs \
+                         overlap, so they count as a conflict; simpler globs (fewer ? and * \
+                         in one segment) are decided at once"
+                    );
+                }
+                if o.conflicts() {
+                    conflicts.push(Conflict {
+                        glob: want.to_string(),
+                        held: held.clone(),
+                    });
+                }
+            }
+        }
+        if !conflicts.is_empty() && !req.force {
+            // Nothing granted; the expired rows deleted above may as well go.
+            commit(tx, &self.bells)?;
+            return Ok(Some(Reserved {
+                granted: Vec::new(),
+                conflicts,
+            }));
+        }
+        let mut granted = Vec::with_capacity(globs.len());
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE reservations SET holder_name = ?2, host = ?3, mode = ?4, reason = ?5, \
+                   expires_at = ?6, forced = ?7 WHERE id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO reservations (id, project, holder, holder_name, host, glob, mode, \
+                   reason, created_at, expires_at, forced) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for &glob in globs {
+                let forced = req.force && conflicts.iter().any(|c| c.glob == glob);
+                let held = live
+                    .iter()
+                    .find(|r| r.holder == holder.id && r.glob == glob);
+                let is_new = held.is_none();
+                let r = req.grant(held, &holder, host, glob, now, forced);
+                if is_new {
+                    insert.execute(params![
+                        r.id,
+                        r.project,
+                        r.holder,
+                        r.holder_name,
+                        r.host,
+                        r.glob,
+                        r.mode.as_str(),
+                        r.reason,
+                        r.created_at,
+                        r.expires_at,
+                        r.forced
+                    ])?;
+                } else {
+                    update.execute(params![
+                        r.id,
+                        r.holder_name,
+                        r.host,
+                        r.mode.as_str(),
+                        r.reason,
+                        r.expires_at,
+                        r.forced
+                    ])?;
+                }
+                granted.push(r);
+            }
+        }
+        commit(tx, &self.bells)?;
+        Ok(Some(Reserved { granted, conflicts }))
+    }
+}
+
 impl Store for SqliteStore {
     fn max_body(&self) -> usize {
         self.max_body
@@ -383,21 +829,7 @@ impl Store for SqliteStore {
         };
         let now = now_ms();
         let created = existing.is_none();
-        let mut ep = existing.unwrap_or_else(|| Endpoint {
-            id: reg
-                .id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-            name: None,
-            kind: Kind::default(),
-            cwd: reg.default_cwd.clone(),
-            pid: None,
-            pid_start: None,
-            mailbox: true,
-            meta: Default::default(),
-            created_at: now,
-            updated_at: now,
-        });
+        let mut ep = existing.unwrap_or_else(|| reg.new_endpoint(now));
         let mut name_taken_from = None;
         if let Some(name) = &reg.name {
             if let Some(holder) = Self::endpoint_by(&tx, "name", name)?
@@ -411,29 +843,15 @@ impl Store for SqliteStore {
             }
             ep.name = Some(name.clone());
         }
-        if let Some(k) = reg.kind {
-            ep.kind = k;
-        }
-        if reg.cwd.is_some() {
-            ep.cwd.clone_from(&reg.cwd);
-        }
-        if reg.pid.is_some() {
-            ep.pid = reg.pid;
-            ep.pid_start = reg.pid_start;
-        }
-        if let Some(m) = reg.mailbox {
-            ep.mailbox = m;
-        }
-        ep.meta
-            .extend(reg.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
-        ep.updated_at = now;
+        reg.apply(&mut ep, now);
         let meta = serde_json::to_string(&ep.meta).unwrap_or_else(|_| "{}".into());
         tx.execute(
-            "INSERT INTO endpoints (id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO endpoints (id, name, kind, cwd, pid, pid_start, mailbox, meta, created_at, updated_at, host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, kind = excluded.kind,
                cwd = excluded.cwd, pid = excluded.pid, pid_start = excluded.pid_start,
-               mailbox = excluded.mailbox, meta = excluded.meta, updated_at = excluded.updated_at",
+               mailbox = excluded.mailbox, meta = excluded.meta, updated_at = excluded.updated_at,
+               host = excluded.host",
             params![
                 ep.id,
                 ep.name,
@@ -444,10 +862,11 @@ impl Store for SqliteStore {
                 ep.mailbox,
                 meta,
                 ep.created_at,
-                ep.updated_at
+                ep.updated_at,
+                ep.host
             ],
         )?;
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(Registered {
             endpoint: ep,
             created,
@@ -492,7 +911,7 @@ impl Store for SqliteStore {
         let rows = stmt.query_map([now_ms()], |r| {
             Ok(RosterEntry {
                 endpoint: endpoint_row(r)?,
-                pending: r.get::<_, i64>(10)? as u64,
+                pending: r.get::<_, i64>(11)? as u64,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -500,16 +919,11 @@ impl Store for SqliteStore {
 
     fn enqueue_batch(&self, msgs: &[NewMessage]) -> Result<Vec<Receipt>> {
         // The cap is checked for the whole batch before the transaction opens.
-        if let Some(m) = msgs.iter().find(|m| m.body.len() > self.max_body) {
-            return Err(Error::TooLarge {
-                size: m.body.len(),
-                cap: self.max_body,
-            });
-        }
-        // So is the thread rule, for callers of the library that skip the router.
-        for t in msgs.iter().filter_map(|m| m.thread.as_deref()) {
-            names::check_thread(t)?;
-        }
+        check_messages(
+            msgs.iter()
+                .map(|m| (m.body.as_slice(), m.thread.as_deref())),
+            self.max_body,
+        )?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut receipts = Vec::with_capacity(msgs.len());
@@ -549,6 +963,7 @@ impl Store for SqliteStore {
                     m.expires_at,
                     m.hold.map(|h| now.saturating_add(millis(h)))
                 ])?;
+                schema::index_message(&tx, tx.last_insert_rowid(), &m.body)?;
                 receipts.push(Receipt {
                     id,
                     from: m.from.clone(),
@@ -565,7 +980,7 @@ impl Store for SqliteStore {
                 });
             }
         }
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         drop(conn);
         // Held messages ring too: a waiter already asleep then learns when their hold
         // lapses (it naps until the earliest lease or hold), in case the sender dies.
@@ -577,6 +992,45 @@ impl Store for SqliteStore {
             }
         }
         Ok(receipts)
+    }
+
+    fn import(&self, m: &Message) -> Result<bool> {
+        names::check_id(&m.id)?;
+        check_messages([(m.body.as_slice(), m.thread.as_deref())], self.max_body)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for id in [&m.from, &m.to] {
+            if Self::endpoint_by(&tx, "id", id)?.is_none() {
+                return Err(Error::UnknownEndpoint { query: id.clone() });
+            }
+        }
+        let n = tx.execute(
+            "INSERT INTO messages (id, sender, sender_name, recipient, thread, reply_to, intent, \
+               content_type, body, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(id) DO NOTHING",
+            params![
+                m.id,
+                m.from,
+                m.from_name,
+                m.to,
+                m.thread,
+                m.reply_to,
+                m.intent.as_str(),
+                m.content_type,
+                m.body,
+                m.created_at,
+                m.expires_at
+            ],
+        )?;
+        if n > 0 {
+            schema::index_message(&tx, tx.last_insert_rowid(), &m.body)?;
+        }
+        commit(tx, &self.bells)?;
+        drop(conn);
+        if n > 0 {
+            self.bells.ring(&m.to);
+        }
+        Ok(n > 0)
     }
 
     fn fetch(&self, recipient: &str, req: &Fetch) -> Result<Vec<Message>> {
@@ -658,7 +1112,7 @@ impl Store for SqliteStore {
             let rows = stmt.query_map(args, message_row)?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         // RETURNING gives no order guarantee; hand messages out oldest first.
         out.sort_by_key(|(seq, _)| *seq);
         Ok(out.into_iter().map(|(_, m)| m).collect())
@@ -717,7 +1171,7 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .optional()?;
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         drop(conn);
         let state = state
             .and_then(|s| State::parse(&s))
@@ -744,7 +1198,7 @@ impl Store for SqliteStore {
                 n += stmt.execute(params![id, recipient, now])? as u64;
             }
         }
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         drop(conn);
         if n > 0 {
             self.bells.ring(recipient);
@@ -774,7 +1228,7 @@ impl Store for SqliteStore {
                 params![recipient, INJECTED_HINT],
             )?;
         }
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(n)
     }
 
@@ -794,7 +1248,7 @@ impl Store for SqliteStore {
             "UPDATE endpoints SET meta = json_remove(meta, '$.' || ?2) WHERE id = ?1",
             params![recipient, INJECTED_HINT],
         )?;
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(ids)
     }
 
@@ -882,7 +1336,7 @@ impl Store for SqliteStore {
                 });
             }
         }
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(out)
     }
 
@@ -953,7 +1407,7 @@ impl Store for SqliteStore {
                created_at = excluded.created_at",
             params![process.pid, process.start as i64, endpoint_id, now_ms()],
         )?;
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(())
     }
 
@@ -1008,7 +1462,7 @@ impl Store for SqliteStore {
                 params![p.pid, p.start as i64],
             )? as u64;
         }
-        tx.commit()?;
+        commit(tx, &self.bells)?;
         Ok(n)
     }
 
@@ -1026,11 +1480,233 @@ impl Store for SqliteStore {
             "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             [now],
         )? as u64;
-        tx.commit()?;
+        let reservations_deleted =
+            tx.execute("DELETE FROM reservations WHERE expires_at <= ?1", [now])? as u64;
+        let events_deleted = tx.execute("DELETE FROM events WHERE at < ?1", [cutoff])? as u64;
+        commit(tx, &self.bells)?;
         Ok(GcReport {
             acked_deleted,
             expired_deleted,
+            reservations_deleted,
+            events_deleted,
         })
+    }
+
+    fn events(&self, q: &EventQuery) -> Result<EventPage> {
+        let limit = q.limit.clamp(1, MAX_EVENTS);
+        let after = q.after.unwrap_or(0);
+        let after_sql = i64::try_from(after).unwrap_or(i64::MAX);
+        let mut conn = self.conn();
+        // One read snapshot: the page, the head and the first cursor agree.
+        let tx = conn.transaction()?;
+        let head: i64 = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let first: i64 = tx.query_row("SELECT coalesce(min(cursor), 0) FROM events", [], |r| {
+            r.get(0)
+        })?;
+        let filter =
+            "cursor > ?1 AND (?2 IS NULL OR sender = ?2 OR recipient = ?2 OR endpoint = ?2)";
+        let sql = if q.tail {
+            format!(
+                "SELECT * FROM (SELECT {EVENT_COLS} FROM events WHERE {filter} \
+                 ORDER BY cursor DESC LIMIT ?3) ORDER BY cursor"
+            )
+        } else {
+            format!("SELECT {EVENT_COLS} FROM events WHERE {filter} ORDER BY cursor LIMIT ?3")
+        };
+        let events: Vec<Event> = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows =
+                stmt.query_map(params![after_sql, q.participant, limit as i64], event_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.commit()?;
+        let head = head.max(0) as u64;
+        // A full page (not a tail) stops at its last event; anything else looked at every
+        // event up to the head.
+        let next = match events.last() {
+            Some(last) if !q.tail && events.len() == limit => last.cursor,
+            _ => head.max(after),
+        };
+        Ok(EventPage {
+            events,
+            next,
+            head,
+            first: first.max(0) as u64,
+        })
+    }
+
+    fn wait_events(&self, after: u64, timeout: Duration, cancel: &Cancel) -> Result<bool> {
+        let deadline = Instant::now() + timeout.min(MAX_WAIT);
+        // Listen before the first look, so a commit between look and sleep still wakes.
+        let mut bell = self.bells.listen(EVENTS_BELL);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
+            let head: i64 = self
+                .conn()
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if head > after {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            bell.wait((deadline - now).min(BACKSTOP_POLL), cancel);
+        }
+    }
+
+    fn record_event(&self, ev: &NewEvent) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO events (at, kind, message, sender, recipient, thread, endpoint, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                now_ms(),
+                ev.kind.unwrap_or(EventKind::Rejected).as_str(),
+                ev.message,
+                ev.from,
+                ev.to,
+                ev.thread,
+                ev.endpoint,
+                ev.detail.as_deref().map(events::cut_detail),
+            ],
+        )?;
+        let cursor = tx.last_insert_rowid() as u64;
+        commit(tx, &self.bells)?;
+        Ok(cursor)
+    }
+
+    fn history(&self, q: &History) -> Result<Vec<Message>> {
+        let mut conn = self.conn();
+        // One read snapshot for the plan's counts and the search, so a span measured
+        // first still holds when the search runs.
+        let tx = conn.transaction()?;
+        let drive = drive(&tx, q)?;
+        if drive == Drive::Nothing {
+            return Ok(Vec::new());
+        }
+        let (sql, args) = history_sql(q, drive);
+        let out = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), message_row)?;
+            rows.map(|r| r.map(|(_, m)| m))
+                .collect::<rusqlite::Result<_>>()?
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn reserve(&self, req: &ReserveRequest) -> Result<Reserved> {
+        let globs = req.globs_once();
+        // Overlaps are decided before the write lock is taken (they can take milliseconds,
+        // and every sender waits on that lock), from a read of the project's live
+        // reservations; under the lock the reservations are read again and only pairs not
+        // yet decided need deciding. When the set changed meanwhile, the lock is given up
+        // and the new pairs decided outside it, up to RESERVE_RETRIES times; after that
+        // they are decided under the lock, still bounded by the request's one budget.
+        let mut decider = overlap::Decider::new(&globs);
+        let host = local_host();
+        let mut attempt = 0;
+        loop {
+            let may_retry = attempt < RESERVE_RETRIES;
+            attempt += 1;
+            if may_retry {
+                let live: Vec<Reservation> = self
+                    .conn()
+                    .prepare_cached(&format!(
+                        "SELECT {RESERVATION_COLS} FROM reservations \
+                         WHERE project = ?1 AND expires_at > ?2"
+                    ))?
+                    .query_map(params![req.project, now_ms()], reservation_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                for r in contested(&live, &req.holder, req.mode) {
+                    for i in 0..globs.len() {
+                        decider.decide(i, &r.glob);
+                    }
+                }
+            }
+            if let Some(done) = self.reserve_locked(req, &globs, &host, &mut decider, may_retry)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    fn renew_reservations(
+        &self,
+        sel: &ReservationSelect,
+        ttl: Duration,
+    ) -> Result<Vec<Reservation>> {
+        let now = now_ms();
+        let expires_at = super::coordination::lapse_at(now, ttl);
+        let (cond, globs) = reservation_select(sel);
+        let sql = format!(
+            "UPDATE reservations SET expires_at = ?5 WHERE expires_at > ?4 AND {cond} \
+             RETURNING {RESERVATION_COLS}"
+        );
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out: Vec<Reservation> = tx
+            .prepare_cached(&sql)?
+            .query_map(
+                params![sel.project, sel.holder, globs, now, expires_at],
+                reservation_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        commit(tx, &self.bells)?;
+        sort_reservations(&mut out);
+        Ok(out)
+    }
+
+    fn release_reservations(&self, sel: &ReservationSelect) -> Result<Vec<Reservation>> {
+        let now = now_ms();
+        let (cond, globs) = reservation_select(sel);
+        let sql = format!(
+            "DELETE FROM reservations WHERE {cond} AND ?4 = ?4 RETURNING {RESERVATION_COLS}"
+        );
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out: Vec<Reservation> = tx
+            .prepare_cached(&sql)?
+            .query_map(
+                params![sel.project, sel.holder, globs, now],
+                reservation_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        commit(tx, &self.bells)?;
+        out.retain(|r| r.expires_at > now);
+        sort_reservations(&mut out);
+        Ok(out)
+    }
+
+    fn reservations(&self, project: Option<&str>) -> Result<Vec<Reservation>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {RESERVATION_COLS} FROM reservations \
+             WHERE (?1 IS NULL OR project = ?1) AND expires_at > ?2 \
+             ORDER BY project, created_at, id"
+        );
+        let rows = conn
+            .prepare_cached(&sql)?
+            .query_map(params![project, now_ms()], reservation_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 }
 

@@ -161,6 +161,11 @@ pub struct Endpoint {
     pub pid: Option<u32>,
     /// Start time of `pid` in clock ticks since boot (tells a reused pid apart), if known.
     pub pid_start: Option<u64>,
+    /// The machine it last registered from ([`super::local_host`]: `RELAY_HOST`, else the
+    /// host name); `None` for endpoints stored before relay recorded hosts. A pid, a
+    /// socket and a binding mean something only on this host.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Whether it reads its mailbox. `false` for live-only endpoints: mail to them is
     /// `not-deliverable` unless they are live.
     pub mailbox: bool,
@@ -185,6 +190,14 @@ impl Endpoint {
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.id)
     }
+
+    /// Whether it registered from this machine ([`super::local_host`]), or before hosts
+    /// were recorded. Its pid, sockets and agent session mean something only then.
+    pub fn is_local(&self) -> bool {
+        self.host
+            .as_deref()
+            .is_none_or(|h| h == super::local_host())
+    }
 }
 
 /// An upsert request for [`super::Store::register`]. `None` fields keep their stored value
@@ -206,10 +219,58 @@ pub struct Registration {
     pub pid: Option<u32>,
     /// Process start time (clock ticks since boot).
     pub pid_start: Option<u64>,
+    /// The host to record; `None` = this machine ([`super::local_host`]).
+    pub host: Option<String>,
     /// Whether it reads its mailbox (default on creation: true).
     pub mailbox: Option<bool>,
     /// Metadata keys to set (merged into the stored object).
     pub meta: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Registration {
+    /// The endpoint a registration that matches none creates, before [`Self::apply`]: id
+    /// `self.id` or a new UUIDv7, cwd `self.default_cwd`, with a mailbox.
+    pub(crate) fn new_endpoint(&self, now: i64) -> Endpoint {
+        Endpoint {
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            name: None,
+            kind: Kind::default(),
+            cwd: self.default_cwd.clone(),
+            pid: None,
+            pid_start: None,
+            host: None,
+            mailbox: true,
+            meta: Default::default(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies this registration to `ep`, field-preserving (a `None` keeps the stored value;
+    /// metadata keys merge), stamps the host (`self.host`, else this machine) and
+    /// `updated_at`. The name is the backend's business (a move touches two endpoints).
+    pub(crate) fn apply(&self, ep: &mut Endpoint, now: i64) {
+        if let Some(k) = self.kind {
+            ep.kind = k;
+        }
+        if self.cwd.is_some() {
+            ep.cwd.clone_from(&self.cwd);
+        }
+        if self.pid.is_some() {
+            ep.pid = self.pid;
+            ep.pid_start = self.pid_start;
+        }
+        if let Some(m) = self.mailbox {
+            ep.mailbox = m;
+        }
+        ep.host = Some(self.host.clone().unwrap_or_else(super::local_host));
+        ep.meta
+            .extend(self.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ep.updated_at = now;
+    }
 }
 
 /// What [`super::Store::register`] did.
@@ -451,6 +512,11 @@ pub struct GcReport {
     pub acked_deleted: u64,
     /// Messages past their `expires_at`.
     pub expired_deleted: u64,
+    /// Reservations past their `expires_at`.
+    pub reservations_deleted: u64,
+    /// Events recorded before the cutoff (on NATS: event records, one of which may hold
+    /// several events).
+    pub events_deleted: u64,
 }
 
 /// A cancellation flag for [`super::Store::wait_or_cancel`]: cloned into the waiting

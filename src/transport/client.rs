@@ -13,8 +13,10 @@ use crate::wire::catalogue::{Deliver, DeliverAck, Pong, Reply, Shutdown};
 /// user's process is never `Live` (DESIGN.md §6: the dialer checks SO_PEERCRED): it is
 /// `Indeterminate`, with a warning naming the socket and its uid, and nothing is written
 /// to it, so the sender falls back to the mailbox.
+/// The connect is bounded by [`PROBE_CONNECT`]: a listener that stopped accepting (its
+/// backlog full) is `Indeterminate`, not a hang.
 pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
-    match connect(path) {
+    match connect_within(path, PROBE_CONNECT) {
         Ok(s) => (LiveState::Live, Some(s)),
         Err(e @ Error::ForeignListener { .. }) => {
             tracing::warn!("{e}");
@@ -30,6 +32,56 @@ pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
     }
 }
 
+/// How long [`probe`] waits for a connection: 500 ms. A listener that accepts at all is
+/// connected to at once (the kernel queues us in its backlog); only a full backlog waits.
+pub const PROBE_CONNECT: Duration = Duration::from_millis(500);
+
+/// [`connect`] bounded by `timeout`. A blocking `connect(2)` to a Unix socket whose
+/// listener's backlog is full waits without bound (the listener stopped accepting, or
+/// `listen(0)`s); this one connects non-blocking, retrying `EAGAIN` every 5 ms until
+/// `timeout` has passed. Returns a blocking stream, checked as [`connect`] checks it.
+///
+/// # Errors
+/// As [`connect`]; [`Error::Io`] with `TimedOut` when no connection was made in time.
+pub fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, Error> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let deadline = std::time::Instant::now() + timeout;
+    let addr = SocketAddrUnix::new(path).map_err(std::io::Error::from)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            // A Unix stream connect never completes later (no EINPROGRESS): EAGAIN means
+            // the backlog is full now, so asking again is the only way to wait.
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{} accepts no connection within {timeout:?} (its listener is \
+                             not accepting)",
+                            path.display()
+                        ),
+                    )
+                    .into());
+                }
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        }
+    }
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false)?;
+    check_peer(path, s)
+}
+
 /// Connects to the listener at `path` and checks that it runs as our own uid
 /// (SO_PEERCRED: the credentials of the process that called `listen`). Every dial of an
 /// endpoint socket goes through here.
@@ -39,7 +91,11 @@ pub fn probe(path: &Path) -> (LiveState, Option<UnixStream>) {
 /// before a byte is written); [`Error::Io`] from `connect` (e.g. `NotFound`,
 /// `ConnectionRefused` for a stale socket).
 pub fn connect(path: &Path) -> Result<UnixStream, Error> {
-    let s = UnixStream::connect(path)?;
+    check_peer(path, UnixStream::connect(path)?)
+}
+
+/// `s` if its peer (the process that called `listen` on `path`) runs as our uid.
+fn check_peer(path: &Path, s: UnixStream) -> Result<UnixStream, Error> {
     let uid = rustix::net::sockopt::socket_peercred(&s)
         .map_err(std::io::Error::from)?
         .uid

@@ -3,7 +3,7 @@
 //! lines) rather than rmcp's client.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -30,14 +30,25 @@ impl Mcp {
         m
     }
 
+    /// Starts `cmd` (a `relay mcp` command with its environment, e.g. another machine's
+    /// `RELAY_STORE` and `RELAY_HOST`) and initializes it.
+    pub fn start_cmd(cmd: Command) -> Mcp {
+        let mut m = Mcp::spawn_cmd(cmd);
+        m.initialize();
+        m
+    }
+
     /// Spawns `relay mcp [--as as_]` without initializing it.
     fn spawn(h: &Home, as_: Option<&str>) -> Mcp {
         let mut args = vec!["mcp"];
         if let Some(a) = as_ {
             args.extend(["--as", a]);
         }
-        let mut child = h
-            .cmd(&args)
+        Mcp::spawn_cmd(h.cmd(&args))
+    }
+
+    fn spawn_cmd(mut cmd: Command) -> Mcp {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -2,7 +2,9 @@
 //! with a deadline, so a hang fails the test instead of stalling CI.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod mcp;
+pub mod repo;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,18 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// SQL that removes what schema version 7 added (the event log and its triggers), for
+/// tests that put a database back to what an older relay wrote. The triggers go first:
+/// they name columns older downgrades drop.
+pub const DROP_V7: &str = "DROP TRIGGER events_message_queued; \
+     DROP TRIGGER events_message_state; DROP TRIGGER events_message_unheld; \
+     DROP TRIGGER events_message_injected; DROP TRIGGER events_message_expired; \
+     DROP TRIGGER events_endpoint_registered; DROP TRIGGER events_endpoint_renamed; \
+     DROP TRIGGER events_presence_bound; DROP TRIGGER events_presence_rebound; \
+     DROP TRIGGER events_presence_unbound; DROP TRIGGER events_reservation_taken; \
+     DROP TRIGGER events_reservation_renewed; DROP TRIGGER events_reservation_released; \
+     DROP TABLE events;";
 
 /// Default deadline for one relay invocation.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -43,6 +57,8 @@ impl Home {
         c.args(args)
             .env("RELAY_HOME", self.path())
             .env_remove("RELAY_AS")
+            .env_remove("RELAY_STORE")
+            .env_remove("RELAY_HOST")
             .env_remove("RELAY_MAX_BODY")
             .env_remove("RELAY_DURABILITY")
             .env_remove("XDG_RUNTIME_DIR")
@@ -190,4 +206,22 @@ pub fn message_rows(home: &Home) -> i64 {
     .expect("open db read-only");
     conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
         .expect("count messages")
+}
+
+/// Runs `f` on its own thread and fails the test when it takes longer than `limit`.
+pub fn with_deadline(limit: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => h.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test exceeded its {limit:?} deadline"),
+    }
 }

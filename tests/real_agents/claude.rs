@@ -331,6 +331,72 @@ fn g_install_then_uninstall_is_byte_identical() {
 }
 
 /// The answer the scripted model gives to injected mail `ping-N`: send `pong-N` back.
+/// Coordination reaches the real client: the SessionStart intro names a reservation
+/// another endpoint holds in the project, the coordination tools are offered, and the
+/// session's own `reserve` of an overlapping path is refused naming the holder and its
+/// reason, with nothing granted to the session.
+#[test]
+fn h_reservations_reach_the_session_and_its_reserve_is_refused() {
+    let Some(bin) = client("claude") else { return };
+    let w = installed(|_| {
+        Box::new(|r: &Recorded| {
+            if !is_main(r) {
+                return text("title");
+            }
+            if has_tool_result(&r.body) {
+                return text("done");
+            }
+            Reply::ToolCall {
+                name: "mcp__relay__reserve".into(),
+                input: json!({"globs": ["src/store/lease.rs"], "reason": "h-mine"}),
+            }
+        })
+    });
+    w.relay_json(&["register", "holder"]);
+    w.relay_json(&[
+        "reserve",
+        "src/store/**",
+        "--as",
+        "holder",
+        "--reason",
+        "h-reason-store-move",
+    ]);
+    w.claude_p(&bin, "reserve the lease file", "mcp__relay__reserve");
+    w.dump("h_reserve");
+    let first = w
+        .model
+        .wait_for(is_main, Duration::from_secs(1))
+        .expect("a main-conversation request");
+    let intro = string_with(&first, "relay: this Claude Code session is");
+    assert!(
+        intro.contains("src/store/**") && intro.contains("holder"),
+        "the intro names the reservation and its holder: {intro}"
+    );
+    for want in [
+        "mcp__relay__search",
+        "mcp__relay__thread",
+        "mcp__relay__reserve",
+        "mcp__relay__release",
+        "mcp__relay__renew",
+        "mcp__relay__reservations",
+    ] {
+        assert!(offers(&first.body, want), "{want} not offered");
+    }
+    let answered = carrying(&w, "h-reason-store-move")
+        .into_iter()
+        .find(|r| has_tool_result(&r.body))
+        .expect("the reserve tool's result reached the model");
+    let result = string_with(&answered, "h-reason-store-move");
+    assert!(
+        result.contains("reserved") && result.contains("holder"),
+        "the refusal names the holder: {result}"
+    );
+    let held = w.relay_json(&["reservations"]);
+    let all = held["reservations"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "nothing was granted to the session: {held}");
+    assert_eq!(all[0]["glob"], "src/store/**", "{held}");
+}
+
 fn pong_for(r: &Recorded) -> Option<String> {
     let t = last_user_text(&r.body);
     if !t.contains("new mail arrived while this session was idle") {
@@ -384,9 +450,11 @@ fn f_an_idle_session_gets_mail_in_place_and_answers_it() {
         });
     let waiters = || processes(&["hook", "claude", "idle"], &w.relay.path());
     for round in 1..=4 {
-        // Idle: its waiter is up.
+        // Idle: its waiter is up, and the plain Stop hook that Claude Code runs beside it
+        // has finished (mail it found would be its nudge, not an in-place wake-up).
+        let stop_hooks = || processes(&["hook", "claude", "stop"], &w.relay.path());
         wait_until("the idle waiter", Duration::from_secs(30), || {
-            !waiters().is_empty()
+            !waiters().is_empty() && stop_hooks().is_empty()
         });
         let ping = format!("ping-{round}");
         let t0 = Instant::now();

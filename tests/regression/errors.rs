@@ -622,10 +622,15 @@ fn a_foreign_sqlite_database_at_any_user_version_is_refused_untouched() {
     h.register("old");
     {
         let c = rusqlite::Connection::open(h.db()).unwrap();
-        // Back to what version 2 had: without version 4's column and indexes.
+        // Back to what version 2 had: without version 4's column and indexes, version
+        // 5's host, version 6's search index and reservations and version 7's events.
+        c.execute_batch(DROP_V7).unwrap();
         c.execute_batch(
             "DROP INDEX messages_thread; DROP INDEX messages_sender; \
-             ALTER TABLE messages DROP COLUMN injected_at;",
+             ALTER TABLE messages DROP COLUMN injected_at; \
+             ALTER TABLE endpoints DROP COLUMN host; \
+             DROP TRIGGER messages_fts_delete; DROP TABLE messages_fts; \
+             DROP TABLE reservations;",
         )
         .unwrap();
         c.pragma_update(None, "application_id", 0).unwrap();
