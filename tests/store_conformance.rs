@@ -311,10 +311,12 @@ fn deliver_leases_and_a_lapsed_lease_returns(fx: &Fx) {
     let s = fx.open();
     let (a, b) = (reg(&*s, "a"), reg(&*s, "b"));
     let id = s.enqueue(&msg(&a, &b, "again")).unwrap().id;
-    let got = s.fetch(&b, &req(deliver(400))).unwrap();
+    // Leases long enough that a loaded machine gets the next three calls in before the
+    // lapse (400 ms was not), short enough that the wait below is quick.
+    let got = s.fetch(&b, &req(deliver(2_000))).unwrap();
     assert_eq!((got.len(), got[0].state), (1, State::Delivered));
     assert!(
-        s.fetch(&b, &req(deliver(400))).unwrap().is_empty(),
+        s.fetch(&b, &req(deliver(2_000))).unwrap().is_empty(),
         "leased"
     );
     assert_eq!(
@@ -1058,13 +1060,14 @@ fn acked_history_never_hides_pending_mail(fx: &Fx) {
     let ids: Vec<String> = (0..40)
         .map(|i| s.enqueue(&msg(&a, &b, &format!("{i}"))).unwrap().id)
         .collect();
-    // Lease #20 briefly, ack everything else, in two rounds of looks.
+    // Lease #20 briefly, ack everything else, in two rounds of looks. The lease must
+    // outlast the 42 calls up to the second look on a loaded machine (300 ms did not).
     let leased = s
         .fetch(
             &b,
             &Fetch {
                 limit: 1,
-                mode: deliver(300),
+                mode: deliver(3_000),
                 filter: Filter {
                     ids: Some(vec![ids[20].clone()]),
                     ..Default::default()
@@ -2060,10 +2063,12 @@ fn events_record_each_change(fx: &Fx) {
         .unwrap();
     assert!(rejected > start);
 
+    // Everything asserted below is waited for: NATS copies each source on its own.
     let ev = events_until(&*s, start, |ev| {
         ev.iter().any(|e| e.kind == EventKind::Rejected)
             && ev.iter().any(|e| e.kind == EventKind::Unreserved)
             && kinds_of(ev, &held).contains(&"message.injected")
+            && kinds_of(ev, &m1).len() >= 3
     });
     // Cursors only grow, and every one is past the start.
     assert!(ev.windows(2).all(|w| w[0].cursor < w[1].cursor), "{ev:#?}");

@@ -299,3 +299,77 @@ fn a_floor_past_the_stream_end_is_ignored() {
         assert_eq!(n, 1, "floor {value}: {doc}");
     }
 }
+
+/// An event log holding no record of the mail stream was taken for "nothing to wait for",
+/// so a message's first delivery went ahead of its `queued` record: on a fresh store whose
+/// log the server had not started copying into yet (a loaded CI machine), `delivered` was
+/// logged before `queued` (store_conformance `events_record_each_change` failed in CI).
+/// Now a reader takes "no record" for "nothing left" only when the server says the
+/// copying runs and has nothing left; otherwise it waits (at most 1 s) for the record.
+/// Played here with the mail source taken off the log, so its record never comes.
+#[test]
+fn a_first_delivery_waits_for_its_queued_record() {
+    use relay::store::{Fetch, FetchMode, Registration, Store};
+    let Some(cluster) = server() else { return };
+    let url = cluster.url_list();
+    let h = Home::new();
+    let s = relay::store::open_at(&url, &relay::config::Config::at(h.path())).unwrap();
+    let reg = |name: &str| {
+        s.register(&Registration {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .endpoint
+        .id
+    };
+    let (a, b) = (reg("a"), reg("b"));
+    hostile(&url, |c| async move {
+        let js = async_nats::jetstream::new(c);
+        let mut config = js
+            .get_stream("RELAY_EVENTS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone();
+        config
+            .sources
+            .get_or_insert_with(Vec::new)
+            .retain(|x| x.name != "RELAY_MAIL");
+        js.update_stream(config).await.unwrap();
+    });
+    s.enqueue(&relay::store::NewMessage {
+        from: a,
+        to: b.clone(),
+        thread: None,
+        reply_to: None,
+        intent: relay::store::Intent::Notify,
+        content_type: relay::store::TEXT_PLAIN.into(),
+        body: b"first".to_vec(),
+        expires_at: None,
+        hold: None,
+    })
+    .unwrap();
+    let t = Instant::now();
+    let got = s
+        .fetch(
+            &b,
+            &Fetch {
+                limit: 10,
+                mode: FetchMode::Deliver {
+                    lease: Duration::from_secs(60),
+                },
+                filter: Default::default(),
+            },
+        )
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "the first delivery went ahead after {:?} without its queued record",
+        t.elapsed()
+    );
+}

@@ -81,14 +81,38 @@ impl Src {
             Src::Ep => format!("$KV.{EP_BUCKET}.>"),
         }
     }
+
+    /// The source stream's name.
+    fn stream(self) -> String {
+        match self {
+            Src::Mail => MAIL_STREAM.into(),
+            Src::Ep => format!("KV_{EP_BUCKET}"),
+        }
+    }
 }
 
 /// How far `RELAY_EVENTS` is known to have copied each source (source sequences; they
 /// only grow).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Copied {
     mail: std::sync::atomic::AtomicU64,
     ep: std::sync::atomic::AtomicU64,
+    /// When [`ORDER_WAIT`] last ran out on this store (ms since the epoch): for
+    /// [`ORDER_BACKOFF_MS`] after, mail is handed out without waiting. Kept per store
+    /// handle, not per process: one store's lagging log says nothing of another's (a
+    /// process-wide time made a healthy store skip the wait and log `delivered` before
+    /// `queued`; tests/regression/events.rs).
+    gave_up: std::sync::atomic::AtomicI64,
+}
+
+impl Default for Copied {
+    fn default() -> Self {
+        Copied {
+            mail: Default::default(),
+            ep: Default::default(),
+            gave_up: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 impl Copied {
@@ -561,13 +585,36 @@ impl Inner {
                     async_nats::jetstream::stream::DirectGetErrorKind::NotFound
                 ) =>
             {
-                Through::Nothing
+                self.source_idle(src).await
             }
             Err(e) => {
                 // No replica answering (an election: "no responders"), a timeout.
                 tracing::debug!("reading {EVENTS_STREAM}'s copy position: {e}");
                 Through::Unknown
             }
+        }
+    }
+
+    /// When `RELAY_EVENTS` holds no record of `src`: [`Through::Nothing`] only if the
+    /// server says that source's copying is running and has nothing left to copy (a log
+    /// made after the revision, or emptied by gc). A fresh log holds no record either
+    /// while the server is still setting the copying up, and taking that for "nothing to
+    /// wait for" let a store's first `delivered` be logged before its `queued`
+    /// (tests/regression/events.rs).
+    async fn source_idle(&self, src: Src) -> Through {
+        let info = match self.events.get_info().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!("reading {EVENTS_STREAM}'s info: {e}");
+                return Through::Unknown;
+            }
+        };
+        let name = src.stream();
+        match info.sources.iter().find(|x| x.name == name) {
+            Some(x) if x.active.is_some() && x.lag == 0 => Through::Nothing,
+            // Not copying yet, behind, or not a source at all (someone changed the log's
+            // configuration): the caller's bound decides.
+            _ => Through::Unknown,
         }
     }
 
@@ -626,17 +673,17 @@ impl Inner {
     /// Before a message's first receipt write: its `queued` record first (see
     /// [`ORDER_WAIT`]).
     pub(super) async fn queued_first(&self, mail_seq: u64) {
-        use std::sync::atomic::{AtomicI64, Ordering};
-        // When the log was last found behind (ms): for ORDER_BACKOFF after that, mail is
-        // handed out without waiting, so an outage of the event log costs a reader one
-        // ORDER_WAIT, not one per message or per fetch, and says so once.
-        static GAVE_UP: AtomicI64 = AtomicI64::new(i64::MIN);
+        use std::sync::atomic::Ordering;
+        // For ORDER_BACKOFF after the log was last found behind, mail is handed out
+        // without waiting, so an outage of the event log costs a reader one ORDER_WAIT,
+        // not one per message or per fetch, and says so once.
+        let gave_up = &self.copied.gave_up;
         let now = now_ms();
-        if now.saturating_sub(GAVE_UP.load(Ordering::Relaxed)) < ORDER_BACKOFF_MS {
+        if now.saturating_sub(gave_up.load(Ordering::Relaxed)) < ORDER_BACKOFF_MS {
             return;
         }
         if !self.await_copied(Src::Mail, mail_seq, ORDER_WAIT).await {
-            let before = GAVE_UP.swap(now_ms(), Ordering::Relaxed);
+            let before = gave_up.swap(now_ms(), Ordering::Relaxed);
             if now.saturating_sub(before) >= ORDER_BACKOFF_MS {
                 tracing::warn!(
                     "{EVENTS_STREAM} is behind {MAIL_STREAM} (seq {mail_seq} not copied in {} \
