@@ -1,4 +1,4 @@
-//! The real agent CLIs (Claude Code 2.1.332, Codex 0.171.0) against a stand-in model
+//! The real agent CLIs (Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1) against a stand-in model
 //! ([`relay::standin`]): what relay's install, hooks, MCP server and idle waiter put into
 //! the requests that reach the model. Each test has its own HOME, RELAY_HOME, cwd and
 //! model; a missing client skips with a `skipped:` line, or fails under
@@ -20,3 +20,6 @@ mod codex;
 
 #[path = "real_agents/codex_tui.rs"]
 mod codex_tui;
+
+#[path = "real_agents/pi.rs"]
+mod pi;

@@ -1,4 +1,4 @@
-//! `relay discover`: find recent Claude Code and Codex sessions from their own files.
+//! `relay discover`: find recent Claude Code, Codex and pi sessions from their own files.
 //! Read-only: transcripts are opened for reading, at most 64 KiB each, and only after an
 //! mtime check.
 //!
@@ -8,6 +8,9 @@
 //!   `{"type":"session_meta","payload":{"id":…,"cwd":…}}`. Whether the shared app-server
 //!   daemon holds a session (and runs a turn in it) comes from the daemon itself
 //!   ([`codex_presence`]).
+//! - pi: `<agent dir>/sessions/--<cwd>--/<time>_<session uuid>.jsonl`; the first line is
+//!   `{"type":"session","id":…,"cwd":…}`. pi writes the file only once the model first
+//!   answered, so a session nobody prompted yet is not found.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Agent, claude, codex};
+use super::{Agent, claude, codex, pi};
 use crate::store::names;
 
 /// Most bytes read from one transcript: 64 KiB.
@@ -134,6 +137,21 @@ pub fn parse_codex(text: &str) -> Option<(String, Option<String>)> {
     Some((id.to_string(), cwd))
 }
 
+/// Parses a pi session head: the first line, `{"type":"session","id":…,"cwd":…}`, whose
+/// id must be a UUID (pi's are UUIDv7).
+pub fn parse_pi(text: &str) -> Option<(String, Option<String>)> {
+    let v: Value = serde_json::from_str(text.lines().next()?).ok()?;
+    if v.get("type").and_then(Value::as_str) != Some("session") {
+        return None;
+    }
+    let id = v.get("id")?.as_str()?;
+    if !names::is_uuid_shaped(id) {
+        return None;
+    }
+    let cwd = v.get("cwd").and_then(Value::as_str).map(str::to_string);
+    Some((id.to_string(), cwd))
+}
+
 fn parse_codex_prefix(line: &str) -> Option<(String, Option<String>)> {
     static ID: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r#""payload"\s*:\s*\{\s*"id"\s*:\s*"([0-9a-fA-F-]{36})""#).expect("valid")
@@ -207,6 +225,16 @@ pub fn scan(home: &Path, here: &Path, within: Duration, tool: Option<Agent>) -> 
             }
         }
     }
+    if tool.is_none_or(|t| t == Agent::Pi) {
+        let mut found = Vec::new();
+        let keep = |p: &Path| p.extension().is_some_and(|e| e == "jsonl") && recent(p);
+        files(&pi::sessions_dir(home), 1, &keep, &mut found);
+        for p in found {
+            if let Some((id, cwd)) = head(&p).and_then(|t| parse_pi(&t)) {
+                out.push(session(Agent::Pi, id, cwd, p, here));
+            }
+        }
+    }
     out.sort_by(|a, b| {
         b.same_cwd
             .cmp(&a.same_cwd)
@@ -249,6 +277,17 @@ mod tests {
         let other = text.replace("0190f5a2", "ffffffff");
         assert_eq!(parse_claude(ID, &other), None);
         assert_eq!(parse_claude(ID, "not json\n"), Some((ID.into(), None)));
+    }
+
+    #[test]
+    fn pi_heads_need_a_session_line_with_a_uuid() {
+        let ok = format!(
+            "{{\"type\":\"session\",\"version\":3,\"id\":\"{ID}\",\"timestamp\":\"t\",\"cwd\":\"/w\"}}\n{{\"type\":\"message\"}}\n"
+        );
+        assert_eq!(parse_pi(&ok), Some((ID.into(), Some("/w".into()))));
+        assert_eq!(parse_pi(&ok.replace(ID, "../../etc")), None);
+        assert_eq!(parse_pi("{\"type\":\"message\",\"id\":\"x\"}"), None);
+        assert_eq!(parse_pi("not json"), None);
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl Event {
     /// (no `asyncRewake`), so it gets no idle waiter.
     pub fn installed(agent: Agent) -> &'static [Event] {
         match agent {
-            Agent::Claude => &Event::ALL,
+            // pi: relay's extension runs every one, the waiter while the session is idle.
+            Agent::Claude | Agent::Pi => &Event::ALL,
             Agent::Codex => &[
                 Event::SessionStart,
                 Event::UserPromptSubmit,
@@ -271,15 +272,20 @@ fn intro(agent: Agent, e: &Endpoint) -> String {
     // What each agent really shows: Codex escapes a Stop hook's reason (`&lt;relay-mail&gt;`),
     // Claude Code shows the tags as they are.
     let blocks = match agent {
-        Agent::Claude => "<relay-mail> blocks",
+        Agent::Claude | Agent::Pi => "<relay-mail> blocks",
         Agent::Codex => {
             "<relay-mail> blocks (after a stop they appear escaped, as &lt;relay-mail&gt;)"
         }
     };
+    // pi has no MCP: relay's extension offers the same tools under the same names.
+    let tools = match agent {
+        Agent::Pi => "relay's tools",
+        Agent::Claude | Agent::Codex => "the relay MCP tools",
+    };
     format!(
         "relay: this {} session is `{}` (endpoint id {}) on relay, the local message bus \
          between agent sessions and programs on this machine. Others reach you by that name. \
-         Use the relay MCP tools — whoami, roster (who is there), send, inbox, wait (block \
+         Use {tools} — whoami, roster (who is there), send, inbox, wait (block \
          until a reply comes), ack, status, search (earlier mail), thread (a conversation), \
          reserve / release / renew / reservations (advisory file reservations) — or the \
          `relay` command. Mail for you arrives in \

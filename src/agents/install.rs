@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::hook::Event;
-use super::{Agent, claude, codex};
+use super::{Agent, claude, codex, pi};
 
 /// Which config an install goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -171,6 +171,17 @@ pub enum Error {
         /// What it runs.
         command: String,
     },
+    /// A file relay would write is there and is not relay's (another program's, or relay's
+    /// own edited by hand). Nothing was changed.
+    #[error(
+        "{path} exists and is not the {what} relay writes (another program's file, or relay's edited by hand); move it away, then run again (nothing was changed)"
+    )]
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// What relay would have written there.
+        what: &'static str,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {err}")]
     Io {
@@ -258,6 +269,14 @@ pub fn installed_programs(agent: Agent, scope: Scope, env: &Env) -> Vec<PathBuf>
             }),
             json(claude::settings_path(scope, &env.home, &env.project)),
         ),
+        Agent::Pi => {
+            return read(&pi::extension_path(scope, &env.home, &env.project))
+                .ok()
+                .flatten()
+                .and_then(|t| pi::relay_of(&t))
+                .into_iter()
+                .collect();
+        }
         Agent::Codex => (
             read(&codex::config_path(scope, &env.home, &env.project))
                 .ok()
@@ -1060,6 +1079,45 @@ fn json_change(
     })
 }
 
+/// The change of a file relay writes whole (pi's extension): `render` is what install
+/// writes, `ours` recognises a file some relay wrote (byte for byte, for any binary).
+/// Install refuses to replace any other file; uninstall removes only relay's, and leaves
+/// another file there as it is, with a note.
+fn whole_file(
+    path: PathBuf,
+    what: &'static str,
+    render: String,
+    ours: impl Fn(&str) -> bool,
+    action: Action,
+    notes: &mut Vec<String>,
+) -> Result<FileChange, Error> {
+    let before = read(&path)?;
+    let relays = before.as_deref().is_some_and(&ours);
+    let after = match action {
+        Action::Install if before.is_some() && !relays => {
+            return Err(Error::NotOurs { path, what });
+        }
+        Action::Install => Some(render),
+        Action::Uninstall if relays => None,
+        Action::Uninstall => {
+            if before.is_some() {
+                notes.push(format!(
+                    "{} is not byte for byte the {what} relay writes (edited by hand?); left \
+                     as it is: delete it yourself if it is relay's",
+                    path.display()
+                ));
+            }
+            before.clone()
+        }
+    };
+    Ok(FileChange {
+        path,
+        what,
+        before,
+        after,
+    })
+}
+
 /// Plans an install or uninstall for `agent` at `scope`.
 ///
 /// # Errors
@@ -1067,6 +1125,14 @@ fn json_change(
 pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Plan, Error> {
     let mut notes = Vec::new();
     let files = match agent {
+        Agent::Pi => vec![whole_file(
+            pi::extension_path(scope, &env.home, &env.project),
+            "pi extension",
+            pi::render(&env.exe),
+            |t| pi::relay_of(t).is_some(),
+            action,
+            &mut notes,
+        )?],
         Agent::Claude => vec![
             json_change(
                 claude::mcp_path(scope, &env.home, &env.project),
@@ -1153,6 +1219,7 @@ pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Pla
         );
     }
     if action == Action::Install
+        && agent != Agent::Pi
         && let Some(h) = &env.relay_home
         && files.iter().any(|f| !f.unchanged())
     {
@@ -1166,8 +1233,9 @@ pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Pla
     }
     if action == Action::Install && files.iter().any(|f| !f.unchanged()) {
         notes.push(format!(
-            "Restart running {} sessions so they load the relay MCP server and hooks.",
-            agent.display()
+            "Restart running {} sessions so they load the relay {}.",
+            agent.display(),
+            agent.integration()
         ));
     }
     Ok(Plan { files, notes })

@@ -11,6 +11,7 @@ pub mod hook;
 pub mod identity;
 pub mod idle;
 pub mod install;
+pub mod pi;
 pub mod presence;
 pub mod procfs;
 pub mod wake;
@@ -25,17 +26,20 @@ pub enum Agent {
     Claude,
     /// OpenAI's Codex CLI.
     Codex,
+    /// pi (`@mariozechner/pi-coding-agent`), through relay's extension.
+    Pi,
 }
 
 impl Agent {
     /// Both agents.
-    pub const ALL: [Agent; 2] = [Agent::Claude, Agent::Codex];
+    pub const ALL: [Agent; 3] = [Agent::Claude, Agent::Codex, Agent::Pi];
 
     /// The endpoint kind of its sessions.
     pub fn kind(self) -> Kind {
         match self {
             Agent::Claude => Kind::ClaudeCode,
             Agent::Codex => Kind::Codex,
+            Agent::Pi => Kind::Pi,
         }
     }
 
@@ -44,6 +48,7 @@ impl Agent {
         match self {
             Agent::Claude => "claude",
             Agent::Codex => "codex",
+            Agent::Pi => "pi",
         }
     }
 
@@ -52,6 +57,15 @@ impl Agent {
         match self {
             Agent::Claude => "Claude Code",
             Agent::Codex => "Codex",
+            Agent::Pi => "pi",
+        }
+    }
+
+    /// What `relay install` puts into its config, in words (for doctor and notes).
+    pub fn integration(self) -> &'static str {
+        match self {
+            Agent::Claude | Agent::Codex => "MCP server and hooks",
+            Agent::Pi => "extension",
         }
     }
 

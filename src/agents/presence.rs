@@ -7,7 +7,7 @@
 //!
 //! 1. **live** — its socket (`<runtime dir>/<id>.sock`) completes relay's handshake within
 //!    [`PROBE_TIMEOUT`] (a listener that refuses us as busy counts: it answered).
-//! 2. Claude Code sessions: **idle** while its idle waiter runs ([`idle::waiter`]: the
+//! 2. Claude Code and pi sessions: **idle** while its idle waiter runs ([`idle::waiter`]: the
 //!    session sits at its prompt and mail is injected in place); **active** while its
 //!    agent process runs (pid *and* start time match) without a waiter — it works, or it
 //!    waits for its user without relay's waiter installed.
@@ -16,10 +16,10 @@
 //!    the app-server holds its thread with no turn running (mail goes in as a turn). The
 //!    daemon is asked within [`codex_app::PRESENCE_TIMEOUT`] (one connection for a whole
 //!    [`roster`]).
-//! 4. A Claude Code or Codex session that none of that finds running: **dormant** when it
+//! 4. A Claude Code, Codex or pi session that none of that finds running: **dormant** when it
 //!    can be resumed ([`resumable`]: a UUID session id and a working directory that
 //!    exists), else **gone**.
-//! 5. Any other endpoint (`process`, `human`, `pi`): **active** while its recorded process
+//! 5. Any other endpoint (`process`, `human`): **active** while its recorded process
 //!    runs as ours ([`process_fact`]: pid *and* start time match, owned by our uid, not
 //!    pid 1). Otherwise:
 //!    - a `human` endpoint is **idle**, never gone: a person reads mail when they come
@@ -174,13 +174,13 @@ pub fn without_socket(e: &Endpoint) -> Seen {
 }
 
 /// Whether mail can go into `e`'s running session in place (route `inject`): it is
-/// [`Presence::Idle`] with an in-session channel — a Claude Code session whose idle waiter
-/// runs, or a Codex thread its app-server holds with no turn running. An idle `process`
+/// [`Presence::Idle`] with an in-session channel — a Claude Code or pi session whose idle
+/// waiter runs, or a Codex thread its app-server holds with no turn running. An idle `process`
 /// or `human` endpoint, or one on another host, has no such channel.
 pub fn injectable(e: &Endpoint, seen: &Seen) -> bool {
     seen.presence == Presence::Idle
         && e.is_local()
-        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex)
+        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
 }
 
 /// Whether `e` is a session relay could resume headlessly (`relay wake`): a Claude Code or
@@ -189,7 +189,7 @@ pub fn injectable(e: &Endpoint, seen: &Seen) -> bool {
 /// running.
 pub fn resumable(e: &Endpoint) -> bool {
     e.is_local()
-        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex)
+        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
         && names::is_uuid_shaped(&e.id)
         && e.cwd.as_deref().is_some_and(|c| Path::new(c).is_dir())
 }
@@ -201,9 +201,9 @@ pub fn why_not_resumable(e: &Endpoint) -> String {
             "it is a session on {}, not on this machine; it reads its mail when it next runs there",
             e.host.as_deref().unwrap_or("another host")
         )
-    } else if !matches!(e.kind, Kind::ClaudeCode | Kind::Codex) {
+    } else if !matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi) {
         format!(
-            "it is a {} endpoint; only Claude Code and Codex sessions can be resumed",
+            "it is a {} endpoint; only Claude Code, Codex and pi sessions can be resumed",
             e.kind
         )
     } else if !names::is_uuid_shaped(&e.id) {
@@ -444,7 +444,9 @@ fn derive(e: &Endpoint, now: i64, ask: &mut dyn FnMut(&str) -> codex_app::Presen
     };
     let fact = process_fact(e);
     match e.kind {
-        Kind::ClaudeCode => {
+        // pi: relay's extension runs the same idle waiter while the session sits at its
+        // prompt.
+        Kind::ClaudeCode | Kind::Pi => {
             if let Some(w) = idle::waiter(e) {
                 return seen(
                     Presence::Idle,
@@ -471,7 +473,7 @@ fn derive(e: &Endpoint, now: i64, ask: &mut dyn FnMut(&str) -> codex_app::Presen
             ),
             wake::State::Dormant => not_running(e, &fact),
         },
-        Kind::Process | Kind::Human | Kind::Pi => {
+        Kind::Process | Kind::Human => {
             if let ProcFact::Running(pid) = fact {
                 return seen(Presence::Active, format!("pid {pid} alive"));
             }

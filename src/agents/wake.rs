@@ -403,6 +403,7 @@ fn resume_plan(e: &Endpoint, agent: Agent, nudge: &str) -> Result<Invocation, Er
     let argv = match agent {
         Agent::Claude => claude::resume_argv(&e.id, nudge),
         Agent::Codex => codex::resume_argv(&e.id, nudge),
+        Agent::Pi => super::pi::resume_argv(&e.id, nudge),
     };
     Ok(Invocation {
         agent,

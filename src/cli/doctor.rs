@@ -248,9 +248,30 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
         let current = install::is_current(agent, scope, &env).unwrap_or(false);
         if current {
             let mut detail = format!(
-                "MCP server and hooks installed, running {}",
+                "{} installed, running {}",
+                agent.integration(),
                 env.exe.display()
             );
+            if agent == Agent::Pi
+                && let Some(hidden) = pi_hidden(scope, &env)
+            {
+                // pi loads only that file from a directory that has one.
+                out.push(check(
+                    name,
+                    Status::Fail,
+                    format!(
+                        "{} makes pi load only it from that directory, so relay's extension \
+                         beside it is not loaded",
+                        hidden.display()
+                    ),
+                    Some(
+                        "move relay.ts into a directory of its own there (extensions/relay/index.ts) \
+                         or load it from your index.ts"
+                            .into(),
+                    ),
+                ));
+                continue;
+            }
             if agent == Agent::Codex {
                 detail.push_str("; trust them once in Codex's /hooks (older Codex: set [features] codex_hooks = true)");
             }
@@ -261,7 +282,7 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
                 // This very binary, but not every entry it installs (a hook added in a
                 // newer relay, an MCP environment that changed): `install` would edit.
                 "installed by this relay, but not every entry it installs now (hooks added \
-                 since, or the MCP server's environment changed)"
+                 since, the MCP server's environment changed, or an older extension)"
                     .to_string()
             } else {
                 format!(
@@ -277,14 +298,37 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
             out.push(check(name, Status::Warn, detail, fix));
         }
     }
-    if !any {
+    // pi not installed where there is no pi: nothing to report (a user of Claude Code
+    // alone is not warned about an agent they do not run).
+    if !any && (agent != Agent::Pi || on_path("pi")) {
         out.push(check(
             format!("{} integration", agent.display()),
             Status::Warn,
-            "relay's MCP server and hooks are not installed",
+            format!("relay's {} is not installed", agent.integration()),
             Some(format!("relay install {}", agent.name())),
         ));
     }
+}
+
+/// Whether an executable `name` is in `$PATH`.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            rustix::fs::access(d.join(name).as_path(), rustix::fs::Access::EXEC_OK).is_ok()
+        })
+    })
+}
+
+/// pi's extensions directory at `scope`, when it holds an `index.ts`/`index.js` or a
+/// `package.json`, which make pi load only that entry from the directory (pi 0.73.1
+/// `package-manager.js`, `collectAutoExtensionEntries`): the file that hides relay.ts.
+fn pi_hidden(scope: Scope, env: &install::Env) -> Option<std::path::PathBuf> {
+    let dir = crate::agents::pi::extension_path(scope, &env.home, &env.project);
+    let dir = dir.parent()?;
+    ["index.ts", "index.js", "package.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
 }
 
 pub(crate) fn run(ctx: &Ctx, _a: Args) -> anyhow::Result<u8> {

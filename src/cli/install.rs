@@ -17,6 +17,9 @@ use crate::agents::{Agent, guard};
 server into ~/.claude.json (user) or .mcp.json (project).
 Codex: the MCP server into config.toml, hooks into hooks.json ($CODEX_HOME or .codex/); trust \
 the hooks once in Codex's /hooks.
+pi: one extension file, extensions/relay.ts in ~/.pi/agent ($PI_CODING_AGENT_DIR) or .pi/, that \
+runs relay's hooks and offers relay's tools; relay replaces or removes it only while it is \
+byte for byte relay's.
 Every changed file is backed up first as <file>.relay-backup-<time>. Running install twice \
 changes nothing; uninstall removes exactly what install added.
 guard: a git pre-commit hook in the hooks directory git uses (core.hooksPath honoured) of the \
@@ -25,7 +28,7 @@ another live session reserved exclusively (relay reserve). A pre-commit hook alr
 renamed to pre-commit.relay-chained and runs first; uninstall renames it back."
 )]
 pub struct Args {
-    /// What to install: claude, codex, or guard (the git pre-commit guard).
+    /// What to install: claude, codex, pi, or guard (the git pre-commit guard).
     #[arg(value_enum, value_name = "AGENT|guard")]
     pub target: Target,
     /// user (every project; default) or project (the current directory). Agents only.
@@ -46,6 +49,8 @@ pub enum Target {
     Claude,
     /// Codex's MCP server and hooks.
     Codex,
+    /// pi's extension (relay's tools and hooks in one TypeScript file).
+    Pi,
     /// The git pre-commit guard of a repository.
     Guard,
 }
@@ -85,6 +90,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args, action: Action) -> anyhow::Result<u8> {
     let agent = match a.target {
         Target::Claude => Agent::Claude,
         Target::Codex => Agent::Codex,
+        Target::Pi => Agent::Pi,
         Target::Guard => return run_guard(ctx, &a, action),
     };
     if a.project.is_some() {

@@ -366,6 +366,9 @@ impl RelayServer {
                 Some(Agent::Codex)
             } else if name.contains("claude") {
                 Some(Agent::Claude)
+            } else if name == "pi" {
+                // relay's pi extension (agents/pi/relay.ts) names itself so.
+                Some(Agent::Pi)
             } else {
                 None
             }
@@ -410,6 +413,7 @@ impl RelayServer {
                                    restart`) and the session"
             }
             Some(Agent::Claude) => "restart the Claude Code session",
+            Some(Agent::Pi) => "restart the pi session",
             None => "restart the agent (Codex: also `codex app-server daemon restart`)",
         };
         let home = self.config.home.display();

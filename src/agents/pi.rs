@@ -1,0 +1,103 @@
+//! pi specifics (`@mariozechner/pi-coding-agent`): where its extensions and sessions live,
+//! relay's extension file, and how to resume a session headlessly.
+//!
+//! Sources, checked against pi 0.73.1: `dist/config.js` (`PI_CODING_AGENT_DIR` replaces
+//! `~/.pi/agent`), `dist/core/package-manager.js` (extensions auto-discovered from
+//! `<agent dir>/extensions/*.ts` and `<cwd>/.pi/extensions/*.ts`),
+//! `dist/core/session-manager.js` (sessions in `<agent dir>/sessions/--<cwd>--/<time>_<id>.jsonl`,
+//! whose first line is `{"type":"session","id":…,"cwd":…}`), `dist/main.js`
+//! (`pi --session <id> -p <text>` resumes a session of the current directory).
+//!
+//! relay's extension (`agents/pi/relay.ts` in the repository, embedded here) holds no
+//! logic: it runs `relay hook pi <event>` and `relay mcp`. The only thing install fills in
+//! is the relay binary's path, on the line [`RELAY_LINE`] marks.
+
+use std::path::{Path, PathBuf};
+
+use super::install::Scope;
+
+/// The extension's source, with the placeholder `"@RELAY@"` for the binary's path.
+pub const EXTENSION: &str = include_str!("../../agents/pi/relay.ts");
+
+/// The start of the one line of the extension install fills in: `const RELAY: string =
+/// "<path as a JSON string>";`.
+const RELAY_LINE: &str = "const RELAY: string = ";
+
+/// The placeholder in [`EXTENSION`].
+const PLACEHOLDER: &str = "\"@RELAY@\"";
+
+/// `$PI_CODING_AGENT_DIR` (a leading `~` is the home directory, as pi reads it), else
+/// `~/.pi/agent`.
+pub fn agent_dir(home: &Path) -> PathBuf {
+    match std::env::var("PI_CODING_AGENT_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(d) if d == "~" => home.to_path_buf(),
+        Some(d) => match d.strip_prefix("~/") {
+            Some(rest) => home.join(rest),
+            None => PathBuf::from(d),
+        },
+        None => home.join(".pi").join("agent"),
+    }
+}
+
+/// The extension file for `scope`: `<agent dir>/extensions/relay.ts` for the user,
+/// `<project>/.pi/extensions/relay.ts` for a project.
+pub fn extension_path(scope: Scope, home: &Path, project: &Path) -> PathBuf {
+    match scope {
+        Scope::User => agent_dir(home).join("extensions").join("relay.ts"),
+        Scope::Project => project.join(".pi").join("extensions").join("relay.ts"),
+    }
+}
+
+/// Where pi keeps sessions: `<agent dir>/sessions`.
+pub fn sessions_dir(home: &Path) -> PathBuf {
+    agent_dir(home).join("sessions")
+}
+
+/// The extension as install writes it, running `exe`.
+pub fn render(exe: &Path) -> String {
+    let path = serde_json::to_string(&exe.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
+    EXTENSION.replacen(PLACEHOLDER, &path, 1)
+}
+
+/// The relay binary an installed extension runs, when `text` is byte for byte an extension
+/// some relay wrote (this relay's source with some binary's path filled in); `None` for
+/// any other file, including relay's extension edited by hand.
+pub fn relay_of(text: &str) -> Option<PathBuf> {
+    let start = text.find(RELAY_LINE)? + RELAY_LINE.len();
+    let end = start + text[start..].find(";\n")?;
+    let path: String = serde_json::from_str(&text[start..end]).ok()?;
+    // Install writes only absolute paths (and the template's placeholder is not one).
+    (Path::new(&path).is_absolute() && render(Path::new(&path)) == text)
+        .then(|| PathBuf::from(path))
+}
+
+/// The argv that resumes session `id` headlessly with `nudge`, run in the session's cwd
+/// (pi finds a session by id among those of the current directory; from another one it
+/// asks whether to fork it, and without an answer sends nothing).
+pub fn resume_argv(id: &str, nudge: &str) -> Vec<String> {
+    ["pi", "--session", id, "-p", nudge]
+        .map(String::from)
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rendered_extension_is_recognised_for_any_path_and_edits_are_not() {
+        for exe in ["/usr/bin/relay", "/tmp/a \"quoted\" \\ path/relay", "/ü/relay"] {
+            let text = render(Path::new(exe));
+            assert!(!text.contains(PLACEHOLDER), "{exe}");
+            assert_eq!(relay_of(&text), Some(PathBuf::from(exe)), "{exe}");
+            let edited = text.replacen("HOOK_TIMEOUT_MS = 30_000", "HOOK_TIMEOUT_MS = 1", 1);
+            assert_ne!(edited, text);
+            assert_eq!(relay_of(&edited), None, "an edited copy is not relay's");
+        }
+        assert_eq!(relay_of("export default function () {}\n"), None);
+        assert_eq!(relay_of(EXTENSION), None, "the unfilled template is not an install");
+    }
+}
