@@ -14,7 +14,7 @@
 // warning, never a broken pi.
 
 import type { ExtensionAPI, ExtensionContext } from "@mariozechner/pi-coding-agent";
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 
 /** The relay binary (absolute path, filled in at install). */
 const RELAY: string = "@RELAY@";
@@ -210,6 +210,40 @@ export default async function relay(pi: ExtensionAPI) {
 		}
 	};
 
+	// The stop hook, run synchronously: pi picks up a follow-up only when it is queued
+	// before its loop looks for one, right after the final turn ends (queued later, in
+	// agent_end, it waits for the user's next prompt, and `pi -p` exits without it).
+	const stopHook = (ctx: ExtensionContext, active: boolean): Json | null => {
+		if (!session.id) return null;
+		const payload = {
+			session_id: session.id,
+			cwd: session.cwd,
+			transcript_path: session.file,
+			hook_event_name: "Stop",
+			stop_hook_active: active,
+		};
+		let r;
+		try {
+			r = spawnSync(RELAY, ["hook", "pi", "stop"], {
+				input: JSON.stringify(payload),
+				timeout: HOOK_TIMEOUT_MS,
+				encoding: "utf8",
+			});
+		} catch (e) {
+			warn(ctx, `cannot run ${RELAY}: ${e}`);
+			return null;
+		}
+		if (r.error) warn(ctx, `cannot run ${RELAY}: ${r.error.message}`);
+		if (r.stderr?.trim()) warn(ctx, r.stderr.trim().split("\n").slice(-1)[0]);
+		if (!r.stdout?.trim()) return null;
+		try {
+			return JSON.parse(r.stdout);
+		} catch {
+			warn(ctx, "relay hook pi stop printed something that is not JSON");
+			return null;
+		}
+	};
+
 	// Delivers text as the user's next message: a new turn when pi is idle, else a
 	// follow-up once the running turn ends (pi drops a plain send while it works).
 	const deliver = (ctx: ExtensionContext, text: string) => {
@@ -325,18 +359,27 @@ export default async function relay(pi: ExtensionAPI) {
 		return { content: [...(event.content ?? []), { type: "text", text: `\n\n${text}` }] };
 	});
 
-	// About to go idle: pending mail keeps the session working once (relay's stop hook
-	// decides); otherwise the idle waiter starts. The hook is awaited first: a message
-	// queued synchronously here would wait for the user's next prompt.
-	pi.on("agent_end", async (_event, ctx) => {
+	// About to go idle (the model answered without a tool call): pending mail keeps the
+	// session working once, as a follow-up in the same run (relay's stop hook decides and
+	// remembers; `continuing` is the hook's stop_hook_active).
+	pi.on("turn_end", (event, ctx) => {
+		const m = event.message as Json | undefined;
+		if (m?.role !== "assistant" || m.stopReason !== "stop") return;
 		const active = session.continuing;
 		session.continuing = false;
-		const out = await hook(ctx, "stop", "Stop", { stop_hook_active: active });
-		if (out?.decision === "block" && typeof out.reason === "string") {
-			session.continuing = true;
-			deliver(ctx, out.reason);
-			return;
+		const out = stopHook(ctx, active);
+		if (out?.decision !== "block" || typeof out.reason !== "string") return;
+		session.continuing = true;
+		try {
+			// Queued at once (a user message may be queued only after an await).
+			pi.sendMessage({ customType: "relay", content: out.reason, display: true }, { deliverAs: "followUp" });
+		} catch (e) {
+			warn(ctx, `cannot hand mail to the session: ${e}`);
 		}
+	});
+
+	// Idle: the waiter takes over.
+	pi.on("agent_end", async (_event, ctx) => {
 		startWaiter(ctx);
 	});
 }

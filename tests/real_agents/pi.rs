@@ -367,3 +367,64 @@ fn e_install_then_uninstall_is_byte_identical_and_a_foreign_file_is_refused() {
     assert_eq!(std::fs::read_to_string(dir.join("relay.ts")).unwrap(), edited);
     assert!(r.stdout.contains("left as it is"), "{}", r.stdout);
 }
+
+#[test]
+fn f_stop_keeps_the_session_working_once_for_mail_that_came_during_the_turn() {
+    let Some(bin) = client("pi") else { return };
+    let w = installed(|ctx| {
+        Box::new(move |r: &Recorded| {
+            if mentions(r, "You have relay mail from other sessions") {
+                return text("read it");
+            }
+            if mentions(r, "work-f") {
+                ctx.send(&session_of(r).unwrap_or_default(), "peer", "f-mail-during-the-turn");
+            }
+            text("done")
+        })
+    });
+    w.relay_json(&["register", "peer"]);
+    pi_p(&w, &bin, &[], "work-f");
+    w.dump("pi_f_stop");
+    let blocked: Vec<Recorded> = w
+        .model
+        .requests()
+        .into_iter()
+        .filter(|r| mentions(r, "You have relay mail from other sessions"))
+        .collect();
+    assert_eq!(blocked.len(), 1, "kept working exactly once");
+    let s = strings(&blocked[0].body)
+        .into_iter()
+        .rfind(|s| s.contains("f-mail-during-the-turn"))
+        .expect("the mail in the turn");
+    assert!(s.contains("<relay-mail"), "fenced: {s}");
+    let id = w.sessions("pi")[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(pending(&w, &id), 0, "acked once shown");
+}
+
+#[test]
+fn g_a_dormant_session_is_woken_headlessly_with_its_mail() {
+    let Some(bin) = client("pi") else { return };
+    let w = installed(|_| Box::new(|_: &Recorded| text("ok")));
+    w.relay_json(&["register", "peer"]);
+    pi_p(&w, &bin, &[], "first");
+    let id = w.sessions("pi")[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(w.sessions("pi")[0]["presence"], "dormant");
+    // wake runs `pi` from PATH, in the session's directory, as an argv.
+    let path = std::env::join_paths(
+        std::iter::once(bin.parent().unwrap().to_path_buf())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    w.relay_json(&["send", &id, "--as", "peer", "g-wake-mail"]);
+    let mut c = w.relay_cmd(&["wake", &id, "--json"]);
+    c.env("PATH", path).env("PI_OFFLINE", "1");
+    let r = common::run(c, None, AGENT_DEADLINE);
+    assert_eq!(r.code, 0, "relay wake: {}{}", r.stdout, r.stderr);
+    let woken = w
+        .model
+        .wait_for(|r| mentions(r, "g-wake-mail"), Duration::from_secs(5))
+        .expect("the resumed session's request carried the mail");
+    assert_eq!(session_of(&woken).as_deref(), Some(id.as_str()), "the same session");
+    assert!(mentions(&woken, "first"), "with its history");
+    assert_eq!(pending(&w, &id), 0);
+}
