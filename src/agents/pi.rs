@@ -89,7 +89,11 @@ mod tests {
 
     #[test]
     fn the_rendered_extension_is_recognised_for_any_path_and_edits_are_not() {
-        for exe in ["/usr/bin/relay", "/tmp/a \"quoted\" \\ path/relay", "/ü/relay"] {
+        for exe in [
+            "/usr/bin/relay",
+            "/tmp/a \"quoted\" \\ path/relay",
+            "/ü/relay",
+        ] {
             let text = render(Path::new(exe));
             assert!(!text.contains(PLACEHOLDER), "{exe}");
             assert_eq!(relay_of(&text), Some(PathBuf::from(exe)), "{exe}");
@@ -98,6 +102,10 @@ mod tests {
             assert_eq!(relay_of(&edited), None, "an edited copy is not relay's");
         }
         assert_eq!(relay_of("export default function () {}\n"), None);
-        assert_eq!(relay_of(EXTENSION), None, "the unfilled template is not an install");
+        assert_eq!(
+            relay_of(EXTENSION),
+            None,
+            "the unfilled template is not an install"
+        );
     }
 }

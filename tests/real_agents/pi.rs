@@ -114,13 +114,20 @@ fn a_intro_and_relay_tools_reach_the_model() {
     let sessions = w.sessions("pi");
     assert_eq!(sessions.len(), 1, "one pi session registered");
     let id = sessions[0]["id"].as_str().unwrap();
-    assert_eq!(session_of(&first).as_deref(), Some(id), "the intro names it");
+    assert_eq!(
+        session_of(&first).as_deref(),
+        Some(id),
+        "the intro names it"
+    );
     // The MCP server's tools, under the MCP names, with the MCP descriptions.
     let tools = relay::standin::tool_names(&first.body);
     for want in [
         "send", "inbox", "whoami", "roster", "wait", "ack", "status", "search", "reserve",
     ] {
-        assert!(tools.iter().any(|t| t == want), "{want} not offered: {tools:?}");
+        assert!(
+            tools.iter().any(|t| t == want),
+            "{want} not offered: {tools:?}"
+        );
     }
     let listed = first.body["tools"]
         .as_array()
@@ -174,7 +181,11 @@ fn b_two_sessions_in_one_directory_send_as_themselves() {
             .and_then(|r| session_of(&r))
             .expect("the request that asked for it names its session");
         let m = mail.iter().find(|m| m["body"] == body).expect(body);
-        assert_eq!(m["from"], asked.as_str(), "{body} sent as the session asked");
+        assert_eq!(
+            m["from"],
+            asked.as_str(),
+            "{body} sent as the session asked"
+        );
         senders.push(asked);
     }
     assert_ne!(senders[0], senders[1], "two sessions, two identities");
@@ -253,8 +264,7 @@ fn d_an_idle_session_gets_mail_in_place_and_answers_it() {
             let all = strings(&r.body).join("\n");
             let ping = all
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-                .filter(|t| t.starts_with("ping-"))
-                .last();
+                .rfind(|t| t.starts_with("ping-"));
             match ping {
                 Some(p) if all.contains("new mail arrived while this session was idle") => {
                     send("asker", &p.replacen("ping-", "pong-", 1))
@@ -323,14 +333,18 @@ fn d_an_idle_session_gets_mail_in_place_and_answers_it() {
         });
     }
     eprintln!("pi inject latency (send → model request): {latencies:?}");
-    wait_until("one idle waiter after the last turn", Duration::from_secs(30), || {
-        waiters().len() == 1
-    });
+    wait_until(
+        "one idle waiter after the last turn",
+        Duration::from_secs(30),
+        || waiters().len() == 1,
+    );
     w.dump("pi_d_idle");
     drop(tmux);
-    wait_until("no waiter left once pi is gone", Duration::from_secs(30), || {
-        waiters().is_empty()
-    });
+    wait_until(
+        "no waiter left once pi is gone",
+        Duration::from_secs(30),
+        || waiters().is_empty(),
+    );
 }
 
 #[test]
@@ -346,7 +360,10 @@ fn e_install_then_uninstall_is_byte_identical_and_a_foreign_file_is_refused() {
     let r = w.relay(&["install", "pi"]);
     assert_eq!(r.code, 0, "install: {}{}", r.stdout, r.stderr);
     let text = std::fs::read_to_string(dir.join("relay.ts")).unwrap();
-    assert!(text.contains(&format!("const RELAY: string = {};", serde_json::to_string(common::relay_bin().to_str().unwrap()).unwrap())));
+    assert!(text.contains(&format!(
+        "const RELAY: string = {};",
+        serde_json::to_string(common::relay_bin().to_str().unwrap()).unwrap()
+    )));
     let again = w.relay_json(&["install", "pi"]);
     assert_eq!(again["files"][0]["action"], "unchanged", "idempotent");
     let r = w.relay(&["uninstall", "pi"]);
@@ -361,10 +378,17 @@ fn e_install_then_uninstall_is_byte_identical_and_a_foreign_file_is_refused() {
     std::fs::write(dir.join("relay.ts"), &edited).unwrap();
     let r = w.relay(&["install", "pi"]);
     assert_eq!(r.code, 1, "refused: {}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("is not the pi extension relay writes"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not the pi extension relay writes"),
+        "{}",
+        r.stderr
+    );
     let r = w.relay(&["uninstall", "pi"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(dir.join("relay.ts")).unwrap(), edited);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("relay.ts")).unwrap(),
+        edited
+    );
     assert!(r.stdout.contains("left as it is"), "{}", r.stdout);
 }
 
@@ -377,7 +401,11 @@ fn f_stop_keeps_the_session_working_once_for_mail_that_came_during_the_turn() {
                 return text("read it");
             }
             if mentions(r, "work-f") {
-                ctx.send(&session_of(r).unwrap_or_default(), "peer", "f-mail-during-the-turn");
+                ctx.send(
+                    &session_of(r).unwrap_or_default(),
+                    "peer",
+                    "f-mail-during-the-turn",
+                );
             }
             text("done")
         })
@@ -410,10 +438,9 @@ fn g_a_dormant_session_is_woken_headlessly_with_its_mail() {
     let id = w.sessions("pi")[0]["id"].as_str().unwrap().to_string();
     assert_eq!(w.sessions("pi")[0]["presence"], "dormant");
     // wake runs `pi` from PATH, in the session's directory, as an argv.
-    let path = std::env::join_paths(
-        std::iter::once(bin.parent().unwrap().to_path_buf())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(bin.parent().unwrap().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .unwrap();
     w.relay_json(&["send", &id, "--as", "peer", "g-wake-mail"]);
     let mut c = w.relay_cmd(&["wake", &id, "--json"]);
@@ -424,7 +451,11 @@ fn g_a_dormant_session_is_woken_headlessly_with_its_mail() {
         .model
         .wait_for(|r| mentions(r, "g-wake-mail"), Duration::from_secs(5))
         .expect("the resumed session's request carried the mail");
-    assert_eq!(session_of(&woken).as_deref(), Some(id.as_str()), "the same session");
+    assert_eq!(
+        session_of(&woken).as_deref(),
+        Some(id.as_str()),
+        "the same session"
+    );
     assert!(mentions(&woken, "first"), "with its history");
     assert_eq!(pending(&w, &id), 0);
 }
