@@ -1,4 +1,4 @@
-//! The real agent CLIs (Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1) against a stand-in model
+//! The real agent CLIs (Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1, OpenCode 1.18.33) against a stand-in model
 //! ([`relay::standin`]): what relay's install, hooks, MCP server and idle waiter put into
 //! the requests that reach the model. Each test has its own HOME, RELAY_HOME, cwd and
 //! model; a missing client skips with a `skipped:` line, or fails under
@@ -23,3 +23,6 @@ mod codex_tui;
 
 #[path = "real_agents/pi.rs"]
 mod pi;
+
+#[path = "real_agents/opencode.rs"]
+mod opencode;

@@ -1,4 +1,4 @@
-//! `relay discover`: find recent Claude Code, Codex and pi sessions from their own files.
+//! `relay discover`: find recent Claude Code, Codex, pi and OpenCode sessions from their own files.
 //! Read-only: transcripts are opened for reading, at most 64 KiB each, and only after an
 //! mtime check.
 //!
@@ -11,6 +11,9 @@
 //! - pi: `<agent dir>/sessions/--<cwd>--/<time>_<session uuid>.jsonl`; the first line is
 //!   `{"type":"session","id":…,"cwd":…}`. pi writes the file only once the model first
 //!   answered, so a session nobody prompted yet is not found.
+//! - OpenCode: its SQLite database (`opencode::database`), table `session`: `id`,
+//!   `directory`, `time_updated`; top-level sessions only (a subagent's has a
+//!   `parent_id`). Opened read-only, and only if it exists.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Agent, claude, codex, pi};
+use super::{Agent, claude, codex, opencode, pi};
 use crate::store::names;
 
 /// Most bytes read from one transcript: 64 KiB.
@@ -172,6 +175,44 @@ fn parse_codex_prefix(line: &str) -> Option<(String, Option<String>)> {
     Some((id, cwd))
 }
 
+/// OpenCode's top-level sessions updated at or after `since_ms`: (id, directory,
+/// updated ms). Empty when there is no database or it cannot be read (logged).
+fn opencode_sessions(db: &Path, since_ms: i64) -> Vec<(String, Option<String>, i64)> {
+    if !db.is_file() {
+        return Vec::new();
+    }
+    let read = || -> rusqlite::Result<Vec<(String, Option<String>, i64)>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(500))?;
+        let mut st = conn.prepare(
+            "SELECT id, directory, time_updated FROM session \
+             WHERE parent_id IS NULL AND time_updated >= ?1 \
+             ORDER BY time_updated DESC LIMIT 1000",
+        )?;
+        let rows = st.query_map([since_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        rows.collect()
+    };
+    match read() {
+        Ok(rows) => rows
+            .into_iter()
+            .filter(|(id, _, _)| Agent::OpenCode.session_id_shaped(id))
+            .collect(),
+        Err(e) => {
+            tracing::warn!("reading OpenCode sessions from {}: {e}", db.display());
+            Vec::new()
+        }
+    }
+}
+
 /// Files under `dir` (to `depth` levels) accepted by `keep`.
 fn files(dir: &Path, depth: usize, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -233,6 +274,17 @@ pub fn scan(home: &Path, here: &Path, within: Duration, tool: Option<Agent>) -> 
             if let Some((id, cwd)) = head(&p).and_then(|t| parse_pi(&t)) {
                 out.push(session(Agent::Pi, id, cwd, p, here));
             }
+        }
+    }
+    if tool.is_none_or(|t| t == Agent::OpenCode) {
+        let since_ms = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let db = opencode::database(home);
+        for (id, cwd, updated) in opencode_sessions(&db, since_ms) {
+            let mut s = session(Agent::OpenCode, id, cwd, db.clone(), here);
+            s.modified_ms = updated;
+            out.push(s);
         }
     }
     out.sort_by(|a, b| {

@@ -83,8 +83,9 @@ impl Event {
     /// (no `asyncRewake`), so it gets no idle waiter.
     pub fn installed(agent: Agent) -> &'static [Event] {
         match agent {
-            // pi: relay's extension runs every one, the waiter while the session is idle.
-            Agent::Claude | Agent::Pi => &Event::ALL,
+            // pi, OpenCode: relay's extension (plugin) runs every one, the waiter while the
+            // session is idle.
+            Agent::Claude | Agent::Pi | Agent::OpenCode => &Event::ALL,
             Agent::Codex => &[
                 Event::SessionStart,
                 Event::UserPromptSubmit,
@@ -272,7 +273,7 @@ fn intro(agent: Agent, e: &Endpoint) -> String {
     // What each agent really shows: Codex escapes a Stop hook's reason (`&lt;relay-mail&gt;`),
     // Claude Code shows the tags as they are.
     let blocks = match agent {
-        Agent::Claude | Agent::Pi => "<relay-mail> blocks",
+        Agent::Claude | Agent::Pi | Agent::OpenCode => "<relay-mail> blocks",
         Agent::Codex => {
             "<relay-mail> blocks (after a stop they appear escaped, as &lt;relay-mail&gt;)"
         }
@@ -281,6 +282,7 @@ fn intro(agent: Agent, e: &Endpoint) -> String {
     let tools = match agent {
         Agent::Pi => "relay's tools",
         Agent::Claude | Agent::Codex => "the relay MCP tools",
+        Agent::OpenCode => "the relay MCP tools (relay_send, relay_inbox, …)",
     };
     format!(
         "relay: this {} session is `{}` (endpoint id {}) on relay, the local message bus \

@@ -151,8 +151,18 @@ pub fn request_ids(meta: &serde_json::Map<String, serde_json::Value>) -> Vec<Str
     ])
 }
 
+/// The argument relay's OpenCode plugin adds to each relay tool call: the calling
+/// session's id (OpenCode passes MCP servers no `_meta` naming it). `relay mcp` removes it
+/// before the tool parses its arguments.
+pub const SESSION_ARG: &str = "_relay_session";
+
+/// The endpoint kinds a request may name as its session: agents whose one process serves
+/// many sessions (Codex's app-server, an OpenCode process), so the binding cannot tell
+/// them apart.
+pub const REQUEST_KINDS: [store::Kind; 2] = [store::Kind::Codex, store::Kind::OpenCode];
+
 /// The first of `ids` (see [`request_ids`]) that is exactly the id of a registered Codex
-/// session endpoint, as [`Source::Request`]. A name, an id prefix or another kind of
+/// or OpenCode session endpoint, as [`Source::Request`]. A name, an id prefix or another kind of
 /// endpoint (a process, a Claude Code session) never matches: only the session's own id,
 /// which the agent's hooks registered.
 ///
@@ -162,7 +172,7 @@ pub fn from_request(store: &dyn Store, ids: &[String]) -> store::Result<Option<M
     for id in ids {
         if let store::Lookup::Found(endpoint) = store.lookup(id)?
             && endpoint.id == *id
-            && endpoint.kind == store::Kind::Codex
+            && REQUEST_KINDS.contains(&endpoint.kind)
         {
             return Ok(Some(Me {
                 endpoint,

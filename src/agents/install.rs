@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::hook::Event;
-use super::{Agent, claude, codex, pi};
+use super::{Agent, claude, codex, opencode, pi};
 
 /// Which config an install goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -269,6 +269,21 @@ pub fn installed_programs(agent: Agent, scope: Scope, env: &Env) -> Vec<PathBuf>
             }),
             json(claude::settings_path(scope, &env.home, &env.project)),
         ),
+        Agent::OpenCode => {
+            out.extend(
+                json(opencode::config_path(scope, &env.home, &env.project))
+                    .and_then(|v| v["mcp"]["relay"]["command"][0].as_str().map(PathBuf::from)),
+            );
+            out.extend(
+                read(&opencode::plugin_path(scope, &env.home, &env.project))
+                    .ok()
+                    .flatten()
+                    .and_then(|t| opencode::relay_of(&t)),
+            );
+            out.sort();
+            out.dedup();
+            return out;
+        }
         Agent::Pi => {
             return read(&pi::extension_path(scope, &env.home, &env.project))
                 .ok()
@@ -747,6 +762,81 @@ fn edit_mcp_json(root: &mut Value, path: &Path, env: &Env, action: Action) -> Re
     Ok(())
 }
 
+/// Adds or removes `mcp.relay` in an OpenCode `opencode.json`: `{"type": "local",
+/// "command": [<relay>, "mcp"], "enabled": true, "timeout": <ms>}` plus
+/// `environment.RELAY_HOME` when pinned ([`Env::relay_home`]). Other keys of the entry and
+/// other `environment` keys are the user's and stay. An entry named `relay` that does not
+/// run a relay binary's `mcp` is never touched ([`Error::NameClash`]).
+fn edit_opencode_json(
+    root: &mut Value,
+    path: &Path,
+    env: &Env,
+    action: Action,
+) -> Result<(), Error> {
+    let servers = object_at(root, "mcp", path)?;
+    if let Some(existing) = servers.get("relay") {
+        let command: Vec<&str> = existing
+            .get("command")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let relays = matches!(command.as_slice(), [program, "mcp", ..]
+            if Path::new(program).file_name().is_some_and(|n| n == "relay")
+                || Path::new(program) == env.exe);
+        if !relays {
+            return Err(Error::NameClash {
+                path: path.to_path_buf(),
+                command: command.join(" "),
+            });
+        }
+    }
+    let mut mcp_env = servers
+        .get("relay")
+        .and_then(|r| r.get("environment"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    match &env.relay_home {
+        Some(h) => {
+            mcp_env.insert("RELAY_HOME".into(), json!(h.to_string_lossy()));
+        }
+        None => {
+            mcp_env.shift_remove("RELAY_HOME");
+        }
+    }
+    let mut wanted = servers
+        .get("relay")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in [
+        ("type", json!("local")),
+        ("command", json!([env.exe.to_string_lossy(), "mcp"])),
+        ("enabled", json!(true)),
+        ("timeout", json!(opencode::MCP_TIMEOUT_MS)),
+    ] {
+        wanted.insert(k.into(), v);
+    }
+    if mcp_env.is_empty() {
+        wanted.shift_remove("environment");
+    } else {
+        wanted.insert("environment".into(), Value::Object(mcp_env));
+    }
+    let wanted = Value::Object(wanted);
+    match action {
+        Action::Install => {
+            if servers.get("relay") != Some(&wanted) {
+                servers.insert("relay".into(), wanted);
+            }
+        }
+        Action::Uninstall => {
+            servers.shift_remove("relay");
+        }
+    }
+    drop_if_empty(root, "mcp");
+    Ok(())
+}
+
 /// Adds or removes `[mcp_servers.relay]` in a Codex config.toml: `command`, `args`,
 /// `env_vars` ([`CODEX_ENV_VARS`]) and `env.RELAY_HOME` ([`Env::relay_home`]) are relay's;
 /// other keys of the table (e.g. `tool_timeout_sec`) and other `env` keys are the user's
@@ -1125,6 +1215,21 @@ fn whole_file(
 pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Plan, Error> {
     let mut notes = Vec::new();
     let files = match agent {
+        Agent::OpenCode => vec![
+            json_change(
+                opencode::config_path(scope, &env.home, &env.project),
+                "OpenCode MCP servers",
+                |v, p| edit_opencode_json(v, p, env, action),
+            )?,
+            whole_file(
+                opencode::plugin_path(scope, &env.home, &env.project),
+                "OpenCode plugin",
+                opencode::render(&env.exe),
+                |t| opencode::relay_of(t).is_some(),
+                action,
+                &mut notes,
+            )?,
+        ],
         Agent::Pi => vec![whole_file(
             pi::extension_path(scope, &env.home, &env.project),
             "pi extension",

@@ -11,6 +11,7 @@ pub mod hook;
 pub mod identity;
 pub mod idle;
 pub mod install;
+pub mod opencode;
 pub mod pi;
 pub mod presence;
 pub mod procfs;
@@ -28,11 +29,15 @@ pub enum Agent {
     Codex,
     /// pi (`@mariozechner/pi-coding-agent`), through relay's extension.
     Pi,
+    /// OpenCode (`opencode-ai`): relay's MCP server and plugin.
+    #[value(name = "opencode")]
+    #[serde(rename = "opencode")]
+    OpenCode,
 }
 
 impl Agent {
     /// Both agents.
-    pub const ALL: [Agent; 3] = [Agent::Claude, Agent::Codex, Agent::Pi];
+    pub const ALL: [Agent; 4] = [Agent::Claude, Agent::Codex, Agent::Pi, Agent::OpenCode];
 
     /// The endpoint kind of its sessions.
     pub fn kind(self) -> Kind {
@@ -40,6 +45,7 @@ impl Agent {
             Agent::Claude => Kind::ClaudeCode,
             Agent::Codex => Kind::Codex,
             Agent::Pi => Kind::Pi,
+            Agent::OpenCode => Kind::OpenCode,
         }
     }
 
@@ -49,6 +55,7 @@ impl Agent {
             Agent::Claude => "claude",
             Agent::Codex => "codex",
             Agent::Pi => "pi",
+            Agent::OpenCode => "opencode",
         }
     }
 
@@ -58,6 +65,7 @@ impl Agent {
             Agent::Claude => "Claude Code",
             Agent::Codex => "Codex",
             Agent::Pi => "pi",
+            Agent::OpenCode => "OpenCode",
         }
     }
 
@@ -66,6 +74,19 @@ impl Agent {
         match self {
             Agent::Claude | Agent::Codex => "MCP server and hooks",
             Agent::Pi => "extension",
+            Agent::OpenCode => "MCP server and plugin",
+        }
+    }
+
+    /// Whether `id` has the shape of this agent's session ids: a UUID (Claude Code, Codex,
+    /// pi: UUIDv7), or OpenCode's `ses_` and 26 letters and digits. Only such ids are
+    /// resumed (`relay wake`) or taken from a request as a session.
+    pub fn session_id_shaped(self, id: &str) -> bool {
+        match self {
+            Agent::OpenCode => id.strip_prefix("ses_").is_some_and(|rest| {
+                rest.len() == 26 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
+            _ => crate::store::names::is_uuid_shaped(id),
         }
     }
 

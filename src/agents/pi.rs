@@ -19,7 +19,7 @@ use super::install::Scope;
 /// The extension's source, with the placeholder `"@RELAY@"` for the binary's path.
 pub const EXTENSION: &str = include_str!("../../agents/pi/relay.ts");
 
-/// The start of the one line of the extension install fills in: `const RELAY: string =
+/// The start of the one line of the extension (and OpenCode's plugin) install fills in: `const RELAY: string =
 /// "<path as a JSON string>";`.
 const RELAY_LINE: &str = "const RELAY: string = ";
 
@@ -58,19 +58,31 @@ pub fn sessions_dir(home: &Path) -> PathBuf {
 
 /// The extension as install writes it, running `exe`.
 pub fn render(exe: &Path) -> String {
-    let path = serde_json::to_string(&exe.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
-    EXTENSION.replacen(PLACEHOLDER, &path, 1)
+    fill(EXTENSION, exe)
 }
 
 /// The relay binary an installed extension runs, when `text` is byte for byte an extension
 /// some relay wrote (this relay's source with some binary's path filled in); `None` for
 /// any other file, including relay's extension edited by hand.
 pub fn relay_of(text: &str) -> Option<PathBuf> {
+    filled_with(EXTENSION, text)
+}
+
+/// `template` (pi's extension, OpenCode's plugin) with the binary's path filled in, as a
+/// JSON string, on the line [`RELAY_LINE`] starts.
+pub(crate) fn fill(template: &str, exe: &Path) -> String {
+    let path = serde_json::to_string(&exe.to_string_lossy()).unwrap_or_else(|_| "\"\"".into());
+    template.replacen(PLACEHOLDER, &path, 1)
+}
+
+/// The binary `text` runs when it is exactly `template` filled in by [`fill`] with an
+/// absolute path.
+pub(crate) fn filled_with(template: &str, text: &str) -> Option<PathBuf> {
     let start = text.find(RELAY_LINE)? + RELAY_LINE.len();
     let end = start + text[start..].find(";\n")?;
     let path: String = serde_json::from_str(&text[start..end]).ok()?;
     // Install writes only absolute paths (and the template's placeholder is not one).
-    (Path::new(&path).is_absolute() && render(Path::new(&path)) == text)
+    (Path::new(&path).is_absolute() && fill(template, Path::new(&path)) == text)
         .then(|| PathBuf::from(path))
 }
 

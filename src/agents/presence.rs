@@ -7,7 +7,7 @@
 //!
 //! 1. **live** — its socket (`<runtime dir>/<id>.sock`) completes relay's handshake within
 //!    [`PROBE_TIMEOUT`] (a listener that refuses us as busy counts: it answered).
-//! 2. Claude Code and pi sessions: **idle** while its idle waiter runs ([`idle::waiter`]: the
+//! 2. Claude Code, pi and OpenCode sessions: **idle** while its idle waiter runs ([`idle::waiter`]: the
 //!    session sits at its prompt and mail is injected in place); **active** while its
 //!    agent process runs (pid *and* start time match) without a waiter — it works, or it
 //!    waits for its user without relay's waiter installed.
@@ -16,8 +16,8 @@
 //!    the app-server holds its thread with no turn running (mail goes in as a turn). The
 //!    daemon is asked within [`codex_app::PRESENCE_TIMEOUT`] (one connection for a whole
 //!    [`roster`]).
-//! 4. A Claude Code, Codex or pi session that none of that finds running: **dormant** when it
-//!    can be resumed ([`resumable`]: a UUID session id and a working directory that
+//! 4. A Claude Code, Codex, pi or OpenCode session that none of that finds running: **dormant** when it
+//!    can be resumed ([`resumable`]: an agent's session id and a working directory that
 //!    exists), else **gone**.
 //! 5. Any other endpoint (`process`, `human`): **active** while its recorded process
 //!    runs as ours ([`process_fact`]: pid *and* start time match, owned by our uid, not
@@ -59,9 +59,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{codex_app, idle, wake};
+use super::{Agent, codex_app, idle, wake};
 use crate::clock::now_ms;
-use crate::store::{self, Endpoint, Kind, RosterEntry, Store, names};
+use crate::store::{self, Endpoint, Kind, RosterEntry, Store};
 
 /// Where an endpoint is, from the most present to the least.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -174,13 +174,16 @@ pub fn without_socket(e: &Endpoint) -> Seen {
 }
 
 /// Whether mail can go into `e`'s running session in place (route `inject`): it is
-/// [`Presence::Idle`] with an in-session channel — a Claude Code or pi session whose idle
-/// waiter runs, or a Codex thread its app-server holds with no turn running. An idle `process`
+/// [`Presence::Idle`] with an in-session channel — a Claude Code, pi or OpenCode session
+/// whose idle waiter runs, or a Codex thread its app-server holds with no turn running. An idle `process`
 /// or `human` endpoint, or one on another host, has no such channel.
 pub fn injectable(e: &Endpoint, seen: &Seen) -> bool {
     seen.presence == Presence::Idle
         && e.is_local()
-        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
+        && matches!(
+            e.kind,
+            Kind::ClaudeCode | Kind::Codex | Kind::Pi | Kind::OpenCode
+        )
 }
 
 /// Whether `e` is a session relay could resume headlessly (`relay wake`): a Claude Code or
@@ -189,8 +192,11 @@ pub fn injectable(e: &Endpoint, seen: &Seen) -> bool {
 /// running.
 pub fn resumable(e: &Endpoint) -> bool {
     e.is_local()
-        && matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
-        && names::is_uuid_shaped(&e.id)
+        && matches!(
+            e.kind,
+            Kind::ClaudeCode | Kind::Codex | Kind::Pi | Kind::OpenCode
+        )
+        && Agent::of_kind(e.kind).is_some_and(|a| a.session_id_shaped(&e.id))
         && e.cwd.as_deref().is_some_and(|c| Path::new(c).is_dir())
 }
 
@@ -201,13 +207,19 @@ pub fn why_not_resumable(e: &Endpoint) -> String {
             "it is a session on {}, not on this machine; it reads its mail when it next runs there",
             e.host.as_deref().unwrap_or("another host")
         )
-    } else if !matches!(e.kind, Kind::ClaudeCode | Kind::Codex | Kind::Pi) {
+    } else if !matches!(
+        e.kind,
+        Kind::ClaudeCode | Kind::Codex | Kind::Pi | Kind::OpenCode
+    ) {
         format!(
-            "it is a {} endpoint; only Claude Code, Codex and pi sessions can be resumed",
+            "it is a {} endpoint; only Claude Code, Codex, pi and OpenCode sessions can be resumed",
             e.kind
         )
-    } else if !names::is_uuid_shaped(&e.id) {
-        format!("its id {} is not an agent session id (a UUID)", e.id)
+    } else if !Agent::of_kind(e.kind).is_some_and(|a| a.session_id_shaped(&e.id)) {
+        format!(
+            "its id {} is not an agent session id (a UUID; OpenCode: ses_…)",
+            e.id
+        )
     } else {
         match e.cwd.as_deref() {
             None => "its working directory is not known".into(),
@@ -446,7 +458,7 @@ fn derive(e: &Endpoint, now: i64, ask: &mut dyn FnMut(&str) -> codex_app::Presen
     match e.kind {
         // pi: relay's extension runs the same idle waiter while the session sits at its
         // prompt.
-        Kind::ClaudeCode | Kind::Pi => {
+        Kind::ClaudeCode | Kind::Pi | Kind::OpenCode => {
             if let Some(w) = idle::waiter(e) {
                 return seen(
                     Presence::Idle,

@@ -79,8 +79,8 @@ const WRAPPERS: &[&str] = &[
 /// these ends the search: a session nested inside another (a `claude -p` run from a
 /// session's shell, a Codex session whose hooks are not trusted yet) must not take its
 /// parent's identity.
-/// pi renames its process `pi` (`process.title`).
-pub const AGENTS: &[&str] = &["claude", "codex", "node", "pi"];
+/// pi renames its process `pi` (`process.title`); OpenCode is a native `opencode`.
+pub const AGENTS: &[&str] = &["claude", "codex", "node", "pi", "opencode"];
 
 /// The agent process a hook runs under: the nearest ancestor that is not a shell or
 /// launcher (see [`WRAPPERS`]). `None` when there is none (for example, run by init).

@@ -3,6 +3,8 @@
 //!
 //! - Claude Code: `claude -p --resume <uuid> --output-format json -- <nudge>`
 //! - Codex: `codex exec resume <uuid> --json -- <nudge>`
+//! - pi: `pi --session <uuid> -p <nudge>`
+//! - OpenCode: `opencode run --session <ses_…> <nudge>`
 //!
 //! A Codex session is not dormant just because nothing else runs it: its TUI runs the
 //! session inside the shared app-server daemon of its `CODEX_HOME`, which outlives the TUI
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Agent, claude, codex, codex_app};
-use crate::store::{Endpoint, Kind, Store, names};
+use crate::store::{Endpoint, Kind, Store};
 
 /// Default nudge sent to the woken session.
 pub const DEFAULT_NUDGE: &str = "relay: you have new mail from other sessions. Read it with \
@@ -58,7 +60,7 @@ pub enum Error {
     },
     /// The endpoint id is not a UUID session id.
     #[error(
-        "{name}'s id {id} is not a UUID session id; only sessions registered by relay's hooks can be woken"
+        "{name}'s id {id} is not an agent session id (a UUID; OpenCode: ses_…); only sessions registered by relay's hooks can be woken"
     )]
     NotUuid {
         /// Endpoint label.
@@ -354,7 +356,7 @@ pub fn invocation_in(
         name: name.clone(),
         kind: e.kind.to_string(),
     })?;
-    if !names::is_uuid_shaped(&e.id) {
+    if !agent.session_id_shaped(&e.id) {
         return Err(Error::NotUuid {
             name,
             id: e.id.clone(),
@@ -404,6 +406,7 @@ fn resume_plan(e: &Endpoint, agent: Agent, nudge: &str) -> Result<Invocation, Er
         Agent::Claude => claude::resume_argv(&e.id, nudge),
         Agent::Codex => codex::resume_argv(&e.id, nudge),
         Agent::Pi => super::pi::resume_argv(&e.id, nudge),
+        Agent::OpenCode => super::opencode::resume_argv(&e.id, nudge),
     };
     Ok(Invocation {
         agent,

@@ -1,4 +1,4 @@
-//! `relay discover`: recent Claude Code, Codex and pi sessions on this machine (read-only).
+//! `relay discover`: recent Claude Code, Codex, pi and OpenCode sessions on this machine (read-only).
 
 use std::time::Duration;
 

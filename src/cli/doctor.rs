@@ -298,9 +298,9 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
             out.push(check(name, Status::Warn, detail, fix));
         }
     }
-    // pi not installed where there is no pi: nothing to report (a user of Claude Code
-    // alone is not warned about an agent they do not run).
-    if !any && (agent != Agent::Pi || on_path("pi")) {
+    // pi or OpenCode not installed where that agent is not in PATH: nothing to report (a
+    // user of Claude Code alone is not warned about agents they do not run).
+    if !any && (matches!(agent, Agent::Claude | Agent::Codex) || on_path(agent.name())) {
         out.push(check(
             format!("{} integration", agent.display()),
             Status::Warn,

@@ -20,6 +20,8 @@ the hooks once in Codex's /hooks.
 pi: one extension file, extensions/relay.ts in ~/.pi/agent ($PI_CODING_AGENT_DIR) or .pi/, that \
 runs relay's hooks and offers relay's tools; relay replaces or removes it only while it is \
 byte for byte relay's.
+opencode: the MCP server into opencode.json ($XDG_CONFIG_HOME/opencode/ or the project's), and a \
+plugin, plugin/relay.ts there (.opencode/plugin/ for a project), that runs relay's hooks.
 Every changed file is backed up first as <file>.relay-backup-<time>. Running install twice \
 changes nothing; uninstall removes exactly what install added.
 guard: a git pre-commit hook in the hooks directory git uses (core.hooksPath honoured) of the \
@@ -28,7 +30,7 @@ another live session reserved exclusively (relay reserve). A pre-commit hook alr
 renamed to pre-commit.relay-chained and runs first; uninstall renames it back."
 )]
 pub struct Args {
-    /// What to install: claude, codex, pi, or guard (the git pre-commit guard).
+    /// What to install: claude, codex, pi, opencode, or guard (the git pre-commit guard).
     #[arg(value_enum, value_name = "AGENT|guard")]
     pub target: Target,
     /// user (every project; default) or project (the current directory). Agents only.
@@ -51,6 +53,9 @@ pub enum Target {
     Codex,
     /// pi's extension (relay's tools and hooks in one TypeScript file).
     Pi,
+    /// OpenCode's MCP server and plugin.
+    #[value(name = "opencode")]
+    OpenCode,
     /// The git pre-commit guard of a repository.
     Guard,
 }
@@ -91,6 +96,7 @@ pub(crate) fn run(ctx: &Ctx, a: Args, action: Action) -> anyhow::Result<u8> {
         Target::Claude => Agent::Claude,
         Target::Codex => Agent::Codex,
         Target::Pi => Agent::Pi,
+        Target::OpenCode => Agent::OpenCode,
         Target::Guard => return run_guard(ctx, &a, action),
     };
     if a.project.is_some() {

@@ -369,6 +369,8 @@ impl RelayServer {
             } else if name == "pi" {
                 // relay's pi extension (agents/pi/relay.ts) names itself so.
                 Some(Agent::Pi)
+            } else if name == "opencode" {
+                Some(Agent::OpenCode)
             } else {
                 None
             }
@@ -414,6 +416,7 @@ impl RelayServer {
             }
             Some(Agent::Claude) => "restart the Claude Code session",
             Some(Agent::Pi) => "restart the pi session",
+            Some(Agent::OpenCode) => "restart OpenCode",
             None => "restart the agent (Codex: also `codex app-server daemon restart`)",
         };
         let home = self.config.home.display();
@@ -633,7 +636,7 @@ impl RelayServer {
                 && let Some(rid) = &id
                 && let crate::store::Lookup::Found(e) = store.lookup(rid)?
                 && e.id == *rid
-                && e.kind != crate::store::Kind::Codex
+                && !identity::REQUEST_KINDS.contains(&e.kind)
             {
                 return Err(UsageError(format!(
                     "the request's _meta names {rid}, a {} endpoint, not a Codex session; \
@@ -1135,7 +1138,21 @@ impl ServerHandler for RelayServer {
         request: rmcp::model::CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
-        let this = self.for_request(&context);
+        let mut request = request;
+        let mut this = self.for_request(&context);
+        // The session relay's OpenCode plugin names in the arguments (OpenCode sends MCP
+        // servers no session of its own): taken out before the tool sees its arguments.
+        if let Some(named) = request
+            .arguments
+            .as_mut()
+            .and_then(|a| a.remove(identity::SESSION_ARG))
+            && let Some(id) = named.as_str().filter(|id| names::check_id(id).is_ok())
+            && !this.request.iter().any(|r| r == id)
+        {
+            let mut ids = vec![id.to_string()];
+            ids.extend(this.request.iter().cloned());
+            this.request = Arc::from(ids);
+        }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(&this, request, context);
         self.tool_router.call(tcc).await
     }

@@ -1260,7 +1260,15 @@ impl Store for SqliteStore {
         since_ms: i64,
     ) -> Result<LoopCounts> {
         let conn = self.conn();
-        let agents = "('claude-code', 'codex', 'pi')";
+        let agents = format!(
+            "({})",
+            Kind::ALL
+                .iter()
+                .filter(|k| k.is_agent())
+                .map(|k| format!("'{}'", k.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let sent_since: i64 = conn
             .prepare_cached("SELECT count(*) FROM messages WHERE sender = ?1 AND created_at > ?2")?
             .query_row(params![sender, since_ms], |r| r.get(0))?;

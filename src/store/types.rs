@@ -17,6 +17,9 @@ pub enum Kind {
     Codex,
     /// A pi session.
     Pi,
+    /// An OpenCode session.
+    #[serde(rename = "opencode")]
+    OpenCode,
     /// An ordinary program (the default).
     #[default]
     Process,
@@ -26,18 +29,22 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in documentation order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ClaudeCode,
         Kind::Codex,
         Kind::Pi,
+        Kind::OpenCode,
         Kind::Process,
         Kind::Human,
     ];
 
-    /// True for agent sessions (Claude Code, Codex, pi): the loop guard counts their
-    /// exchanges.
+    /// True for agent sessions (Claude Code, Codex, pi, OpenCode): the loop guard counts
+    /// their exchanges.
     pub fn is_agent(self) -> bool {
-        matches!(self, Kind::ClaudeCode | Kind::Codex | Kind::Pi)
+        matches!(
+            self,
+            Kind::ClaudeCode | Kind::Codex | Kind::Pi | Kind::OpenCode
+        )
     }
 
     /// The stored and printed spelling, e.g. `claude-code`.
@@ -46,6 +53,7 @@ impl Kind {
             Kind::ClaudeCode => "claude-code",
             Kind::Codex => "codex",
             Kind::Pi => "pi",
+            Kind::OpenCode => "opencode",
             Kind::Process => "process",
             Kind::Human => "human",
         }
