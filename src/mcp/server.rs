@@ -423,7 +423,7 @@ impl RelayServer {
         let mut text = String::from("no identity: ");
         if let Some(id) = self.request.first() {
             text.push_str(&format!(
-                "this session ({id}, from the request's _meta) is not registered in relay \
+                "this session ({id}, named by the request) is not registered in relay \
                  home {home}. "
             ));
             if self.client == Some(Agent::Codex) {
