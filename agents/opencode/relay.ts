@@ -2,7 +2,8 @@
 // ~/.config/opencode/plugin/relay.ts (or a project's .opencode/plugin/), beside relay's MCP
 // entry in opencode.json; removed by `relay uninstall opencode`. Source:
 // agents/opencode/relay.ts in relay's repository, embedded in the relay binary, which fills
-// in RELAY below. relay replaces or removes only a byte-exact copy of a file it writes.
+// in RELAY below. relay replaces or removes a file whose first line is this one (backing
+// it up first), and never another.
 //
 // Every decision is the relay binary's: this file passes OpenCode's session events to
 // `relay hook opencode <event>` (the JSON payload Claude Code's hooks get, the JSON they
@@ -19,9 +20,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 const RELAY: string = "@RELAY@";
 
 /** Longest a hook may run (relay's hooks answer in milliseconds; this bounds a stuck store). */
-const HOOK_TIMEOUT_MS = 30_000;
+const HOOK_TIMEOUT_MS = 10_000;
 /** Longest the post-tool-use hook may run: it runs after every tool call. */
-const TOOL_HOOK_TIMEOUT_MS = 10_000;
+const TOOL_HOOK_TIMEOUT_MS = 5_000;
 /** The idle waiter's exit status when it wrote mail to inject (relay's EXIT_WAKE). */
 const EXIT_WAKE = 2;
 /** The argument naming the calling session in relay tool calls (relay's SESSION_ARG). */

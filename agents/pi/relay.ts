@@ -1,8 +1,8 @@
 // relay's extension for pi (@mariozechner/pi-coding-agent). Written by `relay install pi`
 // into ~/.pi/agent/extensions/relay.ts (or a project's .pi/extensions/), removed by
 // `relay uninstall pi`. Source: agents/pi/relay.ts in relay's repository, embedded in the
-// relay binary, which fills in RELAY below. Edits to the installed copy are kept: relay
-// replaces or removes only a byte-exact copy of a file it writes.
+// relay binary, which fills in RELAY below. relay replaces or removes a file whose first
+// line is this one (backing it up first), and never another.
 //
 // Every decision is the relay binary's: this file only passes pi's session events to
 // `relay hook pi <event>` (the JSON payload Claude Code's hooks get, the JSON they print)
@@ -20,9 +20,11 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 const RELAY: string = "@RELAY@";
 
 /** Longest a hook may run (relay's hooks answer in milliseconds; this bounds a stuck store). */
-const HOOK_TIMEOUT_MS = 30_000;
+const HOOK_TIMEOUT_MS = 10_000;
 /** Longest the post-tool-use hook may run: it runs after every tool call. */
-const TOOL_HOOK_TIMEOUT_MS = 10_000;
+const TOOL_HOOK_TIMEOUT_MS = 5_000;
+/** Longest the stop hook may run: it runs synchronously, and pi's UI waits for it. */
+const STOP_HOOK_TIMEOUT_MS = 3_000;
 /** Longest reading relay's tool list at start-up may take. */
 const LIST_TIMEOUT_MS = 10_000;
 /** The idle waiter's exit status when it wrote mail to inject (relay's EXIT_WAKE). */
@@ -226,7 +228,7 @@ export default async function relay(pi: ExtensionAPI) {
 		try {
 			r = spawnSync(RELAY, ["hook", "pi", "stop"], {
 				input: JSON.stringify(payload),
-				timeout: HOOK_TIMEOUT_MS,
+				timeout: STOP_HOOK_TIMEOUT_MS,
 				encoding: "utf8",
 			});
 		} catch (e) {
@@ -246,10 +248,11 @@ export default async function relay(pi: ExtensionAPI) {
 
 	// Delivers text as the user's next message: a new turn when pi is idle, else a
 	// follow-up once the running turn ends (pi drops a plain send while it works).
+	// (pi ignores deliverAs when idle; passing it always covers a prompt that is starting,
+	// when pi still reports idle but refuses a plain send.)
 	const deliver = (ctx: ExtensionContext, text: string) => {
 		try {
-			if (ctx.isIdle()) pi.sendUserMessage(text);
-			else pi.sendUserMessage(text, { deliverAs: "followUp" });
+			pi.sendUserMessage(text, { deliverAs: "followUp" });
 		} catch (e) {
 			warn(ctx, `cannot hand mail to the session: ${e}`);
 		}
@@ -302,7 +305,9 @@ export default async function relay(pi: ExtensionAPI) {
 			if (typeof t?.name !== "string") continue;
 			const name: string = t.name;
 			pi.registerTool({
-				name,
+				// Prefixed: pi refuses to start when two extensions register one name, and
+				// `search` or `status` are names others use too.
+				name: `relay_${name}`,
 				label: `relay ${name}`,
 				description: String(t.description ?? ""),
 				parameters: t.inputSchema ?? { type: "object", properties: {} },

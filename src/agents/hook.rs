@@ -187,8 +187,13 @@ pub fn handle(
     // This hook runs because the session went on after an in-place wake. Claude Code: the
     // woken request, which carried the mail, was made. Codex: the injected turn started,
     // its input (the mail) is in the session's own history; its first hook may run just
-    // before the turn's model request. That mail is acked now.
-    super::idle::settle_injected(store, &endpoint)?;
+    // before the turn's model request. That mail is acked now. pi and OpenCode run
+    // user-prompt-submit before the woken turn's request is sent (a kill then would lose
+    // it): their next hook acks it, or the lease lapses and it is pending again.
+    let hosted = matches!(agent, Agent::Pi | Agent::OpenCode);
+    if !(hosted && event == Event::UserPromptSubmit) {
+        super::idle::settle_injected(store, &endpoint)?;
+    }
     if event == Event::Stop && input.stop_hook_active {
         // Already continuing because of a Stop hook: never block twice in a row.
         return Ok(outcome);
@@ -197,6 +202,18 @@ pub fn handle(
     // fetch's cost (most of an empty hook's time is SQLite parsing statements), which
     // matters for a hook that runs after every tool call.
     if event != Event::SessionStart && store.pending(&endpoint.id)?.0 == 0 {
+        return Ok(outcome);
+    }
+    // pi's extension and OpenCode's plugin hold the session-start text until the first
+    // prompt, which may never come (the user quits, `/new`): mail stays out of it, pending,
+    // for the first prompt's hook or the idle waiter.
+    if hosted && event == Event::SessionStart {
+        let mut text = intro(agent, &endpoint);
+        if let Some(note) = reservations_note(store, &endpoint, input.cwd.as_deref()) {
+            text.push_str("\n\n");
+            text.push_str(&note);
+        }
+        outcome.output = Some(context(event, &text));
         return Ok(outcome);
     }
     let pending = peek(store, &endpoint)?;
@@ -278,9 +295,9 @@ fn intro(agent: Agent, e: &Endpoint) -> String {
             "<relay-mail> blocks (after a stop they appear escaped, as &lt;relay-mail&gt;)"
         }
     };
-    // pi has no MCP: relay's extension offers the same tools under the same names.
+    // pi has no MCP: relay's extension offers the MCP tools, prefixed as OpenCode does.
     let tools = match agent {
-        Agent::Pi => "relay's tools",
+        Agent::Pi => "relay's tools (relay_send, relay_inbox, …)",
         Agent::Claude | Agent::Codex => "the relay MCP tools",
         Agent::OpenCode => "the relay MCP tools (relay_send, relay_inbox, …)",
     };

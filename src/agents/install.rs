@@ -174,13 +174,25 @@ pub enum Error {
     /// A file relay would write is there and is not relay's (another program's, or relay's
     /// own edited by hand). Nothing was changed.
     #[error(
-        "{path} exists and is not the {what} relay writes (another program's file, or relay's edited by hand); move it away, then run again (nothing was changed)"
+        "{path} exists and is not the {what} relay writes (its first line is not relay's); move it away, then run again (nothing was changed)"
     )]
     NotOurs {
         /// The file.
         path: PathBuf,
         /// What relay would have written there.
         what: &'static str,
+    },
+    /// relay's pi extension is installed at the other scope already: pi would load both,
+    /// and refuses to start when two extensions register the same tools. Nothing was
+    /// changed.
+    #[error(
+        "relay's pi extension is already installed at {path}; pi would load both and refuse to start (two extensions with the same tools): uninstall that one first (relay uninstall pi --scope {scope}), or keep it (nothing was changed)"
+    )]
+    OtherScope {
+        /// The installed extension.
+        path: PathBuf,
+        /// Its scope, as `--scope` spells it.
+        scope: &'static str,
     },
     /// Reading or writing a file failed.
     #[error("{path}: {err}")]
@@ -1169,10 +1181,11 @@ fn json_change(
     })
 }
 
-/// The change of a file relay writes whole (pi's extension): `render` is what install
-/// writes, `ours` recognises a file some relay wrote (byte for byte, for any binary).
-/// Install refuses to replace any other file; uninstall removes only relay's, and leaves
-/// another file there as it is, with a note.
+/// The change of a file relay writes whole (pi's extension, OpenCode's plugin): `render`
+/// is what install writes, `ours` recognises a file some relay wrote (any version, any
+/// binary; an edit is kept in the backup [`apply`] makes). Install refuses to replace any
+/// other file; uninstall removes only relay's, and leaves another file there as it is,
+/// with a note.
 fn whole_file(
     path: PathBuf,
     what: &'static str,
@@ -1192,8 +1205,8 @@ fn whole_file(
         Action::Uninstall => {
             if before.is_some() {
                 notes.push(format!(
-                    "{} is not byte for byte the {what} relay writes (edited by hand?); left \
-                     as it is: delete it yourself if it is relay's",
+                    "{} is not the {what} relay writes (its first line is not relay's); left \
+                     as it is",
                     path.display()
                 ));
             }
@@ -1214,6 +1227,19 @@ fn whole_file(
 /// [`Error`] when a config file cannot be read or parsed, or has an unexpected shape.
 pub fn plan(agent: Agent, scope: Scope, action: Action, env: &Env) -> Result<Plan, Error> {
     let mut notes = Vec::new();
+    if agent == Agent::Pi && action == Action::Install {
+        let (other, name) = match scope {
+            Scope::User => (Scope::Project, "project"),
+            Scope::Project => (Scope::User, "user"),
+        };
+        let path = pi::extension_path(other, &env.home, &env.project);
+        // The same file at both scopes (a project that is the home directory) is one.
+        if path != pi::extension_path(scope, &env.home, &env.project)
+            && read(&path)?.is_some_and(|t| pi::relay_of(&t).is_some())
+        {
+            return Err(Error::OtherScope { path, scope: name });
+        }
+    }
     let files = match agent {
         Agent::OpenCode => vec![
             json_change(

@@ -69,8 +69,8 @@ pub fn render(exe: &Path) -> String {
     super::pi::fill(PLUGIN, exe)
 }
 
-/// The relay binary an installed plugin runs, when `text` is byte for byte a plugin some
-/// relay wrote; `None` for any other file.
+/// The relay binary an installed plugin runs, when `text` is a plugin some relay wrote
+/// (see [`super::pi::filled_with`]); `None` for any other file.
 pub fn relay_of(text: &str) -> Option<PathBuf> {
     super::pi::filled_with(PLUGIN, text)
 }
@@ -89,10 +89,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rendered_plugin_is_recognised_and_an_edit_is_not() {
+    fn the_rendered_plugin_is_recognised_by_its_header() {
         let text = render(Path::new("/opt/relay/bin/relay"));
         assert_eq!(relay_of(&text), Some(PathBuf::from("/opt/relay/bin/relay")));
-        assert_eq!(relay_of(&format!("{text}// mine\n")), None);
+        assert_eq!(relay_of(&format!("// mine\n{text}")), None);
         assert_eq!(relay_of(PLUGIN), None);
+        assert_eq!(
+            super::super::pi::relay_of(&text),
+            None,
+            "pi's header is not OpenCode's"
+        );
     }
 }

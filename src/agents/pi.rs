@@ -61,9 +61,9 @@ pub fn render(exe: &Path) -> String {
     fill(EXTENSION, exe)
 }
 
-/// The relay binary an installed extension runs, when `text` is byte for byte an extension
-/// some relay wrote (this relay's source with some binary's path filled in); `None` for
-/// any other file, including relay's extension edited by hand.
+/// The relay binary an installed extension runs, when `text` is an extension some relay
+/// wrote: it starts with the template's first line and fills in an absolute path
+/// ([`filled_with`]). `None` for any other file.
 pub fn relay_of(text: &str) -> Option<PathBuf> {
     filled_with(EXTENSION, text)
 }
@@ -75,15 +75,21 @@ pub(crate) fn fill(template: &str, exe: &Path) -> String {
     template.replacen(PLACEHOLDER, &path, 1)
 }
 
-/// The binary `text` runs when it is exactly `template` filled in by [`fill`] with an
-/// absolute path.
+/// The binary `text` runs when it is a file relay wrote from `template`: it starts with the
+/// template's first line (which names the file as relay's, in every relay version) and
+/// has the [`RELAY_LINE`] with an absolute path. Such a file is relay's to replace or
+/// remove even when another relay version wrote it or it was edited (install and
+/// uninstall back it up first); a file without that first line is never touched.
 pub(crate) fn filled_with(template: &str, text: &str) -> Option<PathBuf> {
+    let header = template.lines().next()?;
+    if text.lines().next() != Some(header) {
+        return None;
+    }
     let start = text.find(RELAY_LINE)? + RELAY_LINE.len();
     let end = start + text[start..].find(";\n")?;
     let path: String = serde_json::from_str(&text[start..end]).ok()?;
     // Install writes only absolute paths (and the template's placeholder is not one).
-    (Path::new(&path).is_absolute() && fill(template, Path::new(&path)) == text)
-        .then(|| PathBuf::from(path))
+    Path::new(&path).is_absolute().then(|| PathBuf::from(path))
 }
 
 /// The argv that resumes session `id` headlessly with `nudge`, run in the session's cwd
@@ -100,7 +106,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rendered_extension_is_recognised_for_any_path_and_edits_are_not() {
+    fn relays_extension_is_recognised_by_its_header_for_any_path_and_version() {
         for exe in [
             "/usr/bin/relay",
             "/tmp/a \"quoted\" \\ path/relay",
@@ -109,11 +115,18 @@ mod tests {
             let text = render(Path::new(exe));
             assert!(!text.contains(PLACEHOLDER), "{exe}");
             assert_eq!(relay_of(&text), Some(PathBuf::from(exe)), "{exe}");
-            let edited = text.replacen("HOOK_TIMEOUT_MS = 30_000", "HOOK_TIMEOUT_MS = 1", 1);
-            assert_ne!(edited, text);
-            assert_eq!(relay_of(&edited), None, "an edited copy is not relay's");
+            // Another relay version's file (or relay's, edited) is still relay's.
+            let other = text.replacen("HOOK_TIMEOUT_MS = 10_000", "HOOK_TIMEOUT_MS = 1", 1);
+            assert_ne!(other, text);
+            assert_eq!(relay_of(&other), Some(PathBuf::from(exe)));
         }
         assert_eq!(relay_of("export default function () {}\n"), None);
+        let headless = render(Path::new("/usr/bin/relay")).replacen("// relay's", "// my", 1);
+        assert_eq!(
+            relay_of(&headless),
+            None,
+            "without relay's first line: not relay's"
+        );
         assert_eq!(
             relay_of(EXTENSION),
             None,

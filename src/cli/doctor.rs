@@ -197,6 +197,31 @@ fn agent_checks(agent: Agent, out: &mut Vec<Check>) {
         ));
         return;
     };
+    if agent == Agent::Pi {
+        let both: Vec<std::path::PathBuf> = [Scope::User, Scope::Project]
+            .into_iter()
+            .map(|s| crate::agents::pi::extension_path(s, &env.home, &env.project))
+            .filter(|p| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .is_some_and(|t| crate::agents::pi::relay_of(&t).is_some())
+            })
+            .collect();
+        if both.len() == 2 && both[0] != both[1] {
+            // pi loads both and refuses to start: two extensions with the same tools.
+            out.push(check(
+                "pi",
+                Status::Fail,
+                format!(
+                    "relay's extension is installed twice ({} and {}): pi refuses to start",
+                    both[0].display(),
+                    both[1].display()
+                ),
+                Some("relay uninstall pi --scope project".into()),
+            ));
+            return;
+        }
+    }
     let mut any = false;
     for scope in [Scope::User, Scope::Project] {
         let scope_name = match scope {

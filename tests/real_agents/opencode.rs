@@ -181,6 +181,9 @@ fn b_two_sessions_in_one_directory_send_as_themselves() {
         })
     });
     w.relay_json(&["register", "sink"]);
+    // A first run alone: two first runs at once race to create OpenCode's database
+    // ("Unexpected error" from one of them).
+    run(&w, &bin, &[], &["warm-up"]);
     std::thread::scope(|s| {
         let one = s.spawn(|| run(&w, &bin, &[], &["send", "body-one"]));
         let two = s.spawn(|| run(&w, &bin, &[], &["send", "body-two"]));

@@ -91,7 +91,7 @@ fn mentions(r: &Recorded, needle: &str) -> bool {
 /// A relay `send` call as pi offers it (the MCP tool's own name).
 fn send(to: &str, body: &str) -> Reply {
     Reply::ToolCall {
-        name: "send".into(),
+        name: "relay_send".into(),
         input: json!({"to": to, "body": body}),
     }
 }
@@ -119,10 +119,19 @@ fn a_intro_and_relay_tools_reach_the_model() {
         Some(id),
         "the intro names it"
     );
-    // The MCP server's tools, under the MCP names, with the MCP descriptions.
+    // The MCP server's tools, under the MCP names prefixed `relay_` (pi refuses to start
+    // when two extensions register one name), with the MCP descriptions.
     let tools = relay::standin::tool_names(&first.body);
     for want in [
-        "send", "inbox", "whoami", "roster", "wait", "ack", "status", "search", "reserve",
+        "relay_send",
+        "relay_inbox",
+        "relay_whoami",
+        "relay_roster",
+        "relay_wait",
+        "relay_ack",
+        "relay_status",
+        "relay_search",
+        "relay_reserve",
     ] {
         assert!(
             tools.iter().any(|t| t == want),
@@ -133,7 +142,7 @@ fn a_intro_and_relay_tools_reach_the_model() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["name"] == "send")
+        .find(|t| t["name"] == "relay_send")
         .unwrap()
         .clone();
     assert!(
@@ -373,9 +382,22 @@ fn e_install_then_uninstall_is_byte_identical_and_a_foreign_file_is_refused() {
         std::fs::read_to_string(dir.join("mine.ts")).unwrap(),
         "export default function () {}\n"
     );
-    // A relay.ts that is not relay's (or relay's, edited): install refuses, uninstall keeps it.
-    let edited = text.replacen("HOOK_TIMEOUT_MS = 30_000", "HOOK_TIMEOUT_MS = 5_000", 1);
-    std::fs::write(dir.join("relay.ts"), &edited).unwrap();
+    // Another relay version's relay.ts (or relay's, edited) is relay's: replaced, with the
+    // old one kept as a backup.
+    let older = text.replacen("HOOK_TIMEOUT_MS = 10_000", "HOOK_TIMEOUT_MS = 5_000", 1);
+    assert_ne!(older, text);
+    std::fs::write(dir.join("relay.ts"), &older).unwrap();
+    let r = w.relay_json(&["install", "pi"]);
+    assert_eq!(r["files"][0]["action"], "updated", "{r}");
+    let backup = r["files"][0]["backup"]
+        .as_str()
+        .expect("a backup")
+        .to_string();
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), older);
+    assert_eq!(std::fs::read_to_string(dir.join("relay.ts")).unwrap(), text);
+    // A relay.ts that is not relay's: install refuses, uninstall keeps it.
+    let foreign = "// my own relay helper\nexport default function () {}\n";
+    std::fs::write(dir.join("relay.ts"), foreign).unwrap();
     let r = w.relay(&["install", "pi"]);
     assert_eq!(r.code, 1, "refused: {}{}", r.stdout, r.stderr);
     assert!(
@@ -387,7 +409,7 @@ fn e_install_then_uninstall_is_byte_identical_and_a_foreign_file_is_refused() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         std::fs::read_to_string(dir.join("relay.ts")).unwrap(),
-        edited
+        foreign
     );
     assert!(r.stdout.contains("left as it is"), "{}", r.stdout);
 }
@@ -458,4 +480,25 @@ fn g_a_dormant_session_is_woken_headlessly_with_its_mail() {
     );
     assert!(mentions(&woken, "first"), "with its history");
     assert_eq!(pending(&w, &id), 0);
+}
+
+/// Issue 14's review: relay's tools under the bare MCP names (`search`, `status`, …) made
+/// pi refuse to start beside any extension with a tool of that name (pi fails on a name
+/// conflict), and so did relay installed at both scopes. Now the tools are `relay_*`, and
+/// an install at the second scope is refused.
+#[test]
+fn h_another_extensions_search_tool_and_a_second_scope_do_not_break_pi() {
+    let Some(bin) = client("pi") else { return };
+    let w = installed(|_| Box::new(|_: &Recorded| text("fine")));
+    let dir = w.home().join(".pi").join("agent").join("extensions");
+    std::fs::write(
+        dir.join("websearch.ts"),
+        "export default function (pi: any) {\n  pi.registerTool({ name: \"search\", label: \"search\", description: \"web search\", parameters: { type: \"object\", properties: {} }, async execute() { return { content: [{ type: \"text\", text: \"none\" }], details: {} }; } });\n}\n",
+    )
+    .unwrap();
+    pi_p(&w, &bin, &[], "still starts");
+    let r = w.relay(&["install", "pi", "--scope", "project"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("already installed at"), "{}", r.stderr);
+    assert!(!w.cwd().join(".pi").exists(), "nothing written");
 }

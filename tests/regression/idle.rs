@@ -695,3 +695,88 @@ fn settling_injected_mail_never_forgets_an_injection_made_meanwhile() {
     store.mark_injected(&me.id, &[third]).unwrap();
     assert_eq!(hint(), Some(json!(true)));
 }
+
+/// Issue 14's review: pi's extension (and OpenCode's plugin) run user-prompt-submit in
+/// the woken turn *before* its model request is sent, and that hook acked the injected
+/// mail: pi killed in between lost it (acked, seen by no model). Now only a later hook
+/// (post-tool-use, stop) acks it; until then it stays delivered under its lease.
+#[test]
+fn a_pi_turn_woken_with_mail_acks_it_only_after_its_request() {
+    let home = Home::new();
+    home.register("bob");
+    let agent = Agent::start_with(
+        &home,
+        SESSION,
+        "pi",
+        Some("always"),
+        r#""$1" hook pi idle < "$2" 2> "$3"; echo $? > "$4"; read x"#,
+    );
+    recorded_waiter(&home, &agent);
+    let sent = send(&home, "for the woken pi turn");
+    assert_eq!(sent["route"], "inject", "{sent}");
+    let id = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(agent.wait_rc("the waiter injects"), 2, "{}", agent.stderr());
+    let hook = |event: &str, name: &str| {
+        let r = home.run_stdin(
+            &["hook", "pi", event],
+            json!({"session_id": SESSION, "hook_event_name": name})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    hook("user-prompt-submit", "UserPromptSubmit");
+    assert_eq!(
+        state(&home, &id)["state"],
+        "delivered",
+        "not acked before the woken turn's request was sent"
+    );
+    hook("stop", "Stop");
+    assert_eq!(state(&home, &id)["state"], "acked");
+}
+
+/// Issue 14's review: pi's extension keeps the session-start text until the first prompt,
+/// which may never come (the user quits, `/new`, a key error): mail put into it was acked
+/// at start and lost. Now session-start of pi (and OpenCode) prints the intro without
+/// mail, which stays pending for the first prompt's hook or the idle waiter.
+#[test]
+fn pi_session_start_leaves_mail_pending() {
+    let home = Home::new();
+    home.register("bob");
+    let start = || {
+        home.run_stdin(
+            &["hook", "pi", "session-start"],
+            json!({"session_id": SESSION, "hook_event_name": "SessionStart", "source": "startup"})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    assert_eq!(start().code, 0);
+    let sent = send(&home, "waiting at start");
+    let id = sent["id"].as_str().unwrap().to_string();
+    let r = start();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("relay: this pi session is"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains(&id),
+        "no mail in the start text: {}",
+        r.stdout
+    );
+    assert_eq!(state(&home, &id)["state"], "queued");
+    let r = home.run_stdin(
+        &["hook", "pi", "user-prompt-submit"],
+        json!({"session_id": SESSION, "hook_event_name": "UserPromptSubmit"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(
+        r.stdout.contains(&id),
+        "with the first prompt: {}",
+        r.stdout
+    );
+    assert_eq!(state(&home, &id)["state"], "acked");
+}
