@@ -407,3 +407,44 @@ pub fn processes(words: &[&str], relay_home: &Path) -> Vec<u32> {
     }
     out
 }
+
+// ---- pi and OpenCode: relay's text follows the prompt, and requests name the session only in the intro ----
+
+/// The endpoint id the intro in `r` names (`endpoint id <id>`).
+pub fn session_of(r: &Recorded) -> Option<String> {
+    strings(&r.body).into_iter().find_map(|s| {
+        let at = s.find("(endpoint id ")? + "(endpoint id ".len();
+        Some(s[at..].split(')').next()?.to_string())
+    })
+}
+
+/// Whether any string of `r` contains `needle`.
+pub fn mentions(r: &Recorded, needle: &str) -> bool {
+    strings(&r.body).iter().any(|s| s.contains(needle))
+}
+
+/// Whether some string of `r` is exactly `text` (a prompt: OpenCode's system prompt
+/// holds many common words).
+pub fn says(r: &Recorded, text: &str) -> bool {
+    strings(&r.body).iter().any(|s| s == text)
+}
+
+/// Whether `r` answers a tool call: its last message holds a tool result.
+pub fn after_tool(r: &Recorded) -> bool {
+    r.body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_array())
+        .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+}
+
+/// Unread mail of endpoint `id`, from the roster.
+pub fn pending(w: &World, id: &str) -> u64 {
+    w.relay_json(&["roster"])["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .and_then(|e| e["pending"].as_u64())
+        .expect("the endpoint in the roster")
+}

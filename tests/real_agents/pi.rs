@@ -53,41 +53,6 @@ fn pi_p(w: &World, bin: &std::path::Path, extra: &[&str], prompt: &str) -> commo
     r
 }
 
-/// The endpoint id the intro in `r` names (`endpoint id <id>`).
-fn session_of(r: &Recorded) -> Option<String> {
-    strings(&r.body).into_iter().find_map(|s| {
-        let at = s.find("(endpoint id ")? + "(endpoint id ".len();
-        Some(s[at..].split(')').next()?.to_string())
-    })
-}
-
-/// Unread mail of endpoint `id`, from the roster.
-fn pending(w: &World, id: &str) -> u64 {
-    w.relay_json(&["roster"])["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == id)
-        .and_then(|e| e["pending"].as_u64())
-        .expect("the endpoint in the roster")
-}
-
-/// Whether `r` answers a tool call: its last message holds a tool result (the history
-/// keeps earlier ones).
-fn after_tool(r: &Recorded) -> bool {
-    r.body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_array())
-        .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
-}
-
-/// Whether any string of `r` contains `needle`. pi sends relay's text as a user message
-/// after the prompt, so the prompt is not always the last user text.
-fn mentions(r: &Recorded, needle: &str) -> bool {
-    strings(&r.body).iter().any(|s| s.contains(needle))
-}
-
 /// A relay `send` call as pi offers it (the MCP tool's own name).
 fn send(to: &str, body: &str) -> Reply {
     Reply::ToolCall {
