@@ -103,8 +103,8 @@ interface Session {
 
 export const RelayPlugin: Plugin = async ({ client, directory }) => {
 	const sessions = new Map<string, Session>();
-	/** Subagent sessions (a parent's task tool): part of their parent, not endpoints. */
-	const children = new Set<string>();
+	/** Subagent sessions (a parent's task tool) → their parent: part of it, not endpoints. */
+	const children = new Map<string, string>();
 	// `opencode run` ends at the first idle: a prompt queued then is never answered, so it
 	// neither keeps working for mail nor waits for it (the mail waits for the next run).
 	const interactive = !process.argv.slice(1).includes("run");
@@ -225,7 +225,8 @@ export const RelayPlugin: Plugin = async ({ client, directory }) => {
 			if (e.type !== "session.idle" && e.type !== "session.created" && e.type !== "session.deleted") return;
 			const id = e.properties?.sessionID ?? e.properties?.info?.id;
 			if (typeof id !== "string") return;
-			if (e.type === "session.created" && e.properties?.info?.parentID) children.add(id);
+			const parent = e.properties?.info?.parentID;
+			if (e.type === "session.created" && typeof parent === "string") children.set(id, children.get(parent) ?? parent);
 			else if (e.type === "session.deleted") {
 				stopWaiter(id);
 				sessions.delete(id);
@@ -258,7 +259,7 @@ export const RelayPlugin: Plugin = async ({ client, directory }) => {
 		"tool.execute.before": async (input, output) => {
 			if (!input.tool.startsWith("relay_")) return;
 			const args = output.args as Json | undefined;
-			if (args && typeof args === "object") args[SESSION_ARG] = input.sessionID;
+			if (args && typeof args === "object") args[SESSION_ARG] = children.get(input.sessionID) ?? input.sessionID;
 		},
 
 		// Between tool calls: mail that came while the session works, after the tool's result.
@@ -279,9 +280,10 @@ export const RelayPlugin: Plugin = async ({ client, directory }) => {
 			else if (typeof o.output === "string") o.output += `\n\n${text}`;
 		},
 
-		// `relay` commands the session's shell runs act as the session.
+		// `relay` commands the session's shell runs act as the session (a subagent's as its
+		// parent's).
 		"shell.env": async (input, output) => {
-			if (input.sessionID && !children.has(input.sessionID)) output.env.RELAY_AS = input.sessionID;
+			if (input.sessionID) output.env.RELAY_AS = children.get(input.sessionID) ?? input.sessionID;
 		},
 	};
 };

@@ -190,8 +190,10 @@ pub fn handle(
     // before the turn's model request. That mail is acked now. pi and OpenCode run
     // user-prompt-submit before the woken turn's request is sent (a kill then would lose
     // it): their next hook acks it, or the lease lapses and it is pending again.
+    // Nor does a session start: a new process says nothing of whether the woken request
+    // was made (the old one may have died first).
     let hosted = matches!(agent, Agent::Pi | Agent::OpenCode);
-    if !(hosted && event == Event::UserPromptSubmit) {
+    if !(hosted && matches!(event, Event::UserPromptSubmit | Event::SessionStart)) {
         super::idle::settle_injected(store, &endpoint)?;
     }
     if event == Event::Stop && input.stop_hook_active {
@@ -381,8 +383,10 @@ pub(crate) fn ensure_session(
         );
     }
     // The same agent process may have been another session before (`/clear` starts a new
-    // session id): its name follows the agent, so mail to that name keeps arriving.
-    let previous = match &agent_proc {
+    // session id): its name follows the agent, so mail to that name keeps arriving. Not
+    // for OpenCode, whose one process holds many live sessions at once (`/new` keeps the
+    // old one, and its waiter).
+    let previous = match agent_proc.as_ref().filter(|_| agent != Agent::OpenCode) {
         Some(p) => store
             .bound(&[p.process])?
             .map(|(_, e)| e)

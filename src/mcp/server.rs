@@ -1141,11 +1141,13 @@ impl ServerHandler for RelayServer {
         let mut request = request;
         let mut this = self.for_request(&context);
         // The session relay's OpenCode plugin names in the arguments (OpenCode sends MCP
-        // servers no session of its own): taken out before the tool sees its arguments.
+        // servers no session of its own): always taken out before the tool sees its
+        // arguments, and taken as the session only from OpenCode.
         if let Some(named) = request
             .arguments
             .as_mut()
             .and_then(|a| a.remove(identity::SESSION_ARG))
+            && this.client == Some(Agent::OpenCode)
             && let Some(id) = named.as_str().filter(|id| names::check_id(id).is_ok())
             && !this.request.iter().any(|r| r == id)
         {
